@@ -1,1 +1,5 @@
-"""medpipe.nets."""
+"""Networks: MONAI networks by name, and medpipe's own (``lenet``)."""
+
+from medpipe.nets.factory import NETS, build_net
+
+__all__ = ["NETS", "build_net"]

@@ -1,0 +1,79 @@
+"""Losses, optimizers and learning-rate schedules from config (MONAI losses, ``torch.optim``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["build_loss", "build_optimizer", "build_scheduler", "IndexCrossEntropyLoss"]
+
+
+class IndexCrossEntropyLoss(nn.Module):
+    """Cross-entropy for dense class-index labels with a channel axis.
+
+    Args:
+        weight: optional per-class weights ``(C,)``.
+        label_smoothing: as in ``torch.nn.CrossEntropyLoss``.
+
+    Shapes:
+        logits ``(B, C, H, W[, D])`` float; label ``(B, 1, H, W[, D])`` (or without the channel axis) holding
+        class indices (any dtype, cast to long). Returns a scalar.
+    """
+
+    def __init__(self, weight=None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if label.ndim == logits.ndim:
+            label = label[:, 0]
+        return self.ce(logits, label.long())
+
+
+def build_loss(cfg) -> nn.Module:
+    """Loss module from :class:`medpipe.config.LossConfig`.
+
+    All losses take logits ``(B, C, ...)`` and class-index labels ``(B, 1, ...)``. ``dice_ce`` is MONAI
+    ``DiceCELoss(to_onehot_y=True, softmax=True)`` (Milletari et al. 2016 soft Dice + cross-entropy), ``dice``
+    is MONAI ``DiceLoss`` with the same settings.
+    """
+    from monai.losses import DiceCELoss, DiceLoss
+
+    weight = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
+    if cfg.name == "dice_ce":
+        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background,
+                          lambda_dice=cfg.lambda_dice, lambda_ce=cfg.lambda_ce, weight=weight,
+                          label_smoothing=cfg.label_smoothing)
+    if cfg.name == "dice":
+        return DiceLoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background)
+    return IndexCrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """``torch.optim`` optimizer from :class:`medpipe.config.OptimizerConfig`."""
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg, optimizer, max_epochs: int):
+    """Epoch-level LR scheduler, or ``None`` for ``name: none``.
+
+    ``cosine`` uses ``monai.optimizers.WarmupCosineSchedule`` (linear warm-up, then half a cosine down to
+    ``min_lr``); ``plateau`` returns ``torch.optim.lr_scheduler.ReduceLROnPlateau`` in ``max`` mode (it is
+    stepped with the key validation metric).
+    """
+    if cfg.name == "none":
+        return None
+    if cfg.name == "cosine":
+        from monai.optimizers import WarmupCosineSchedule
+
+        return WarmupCosineSchedule(optimizer, warmup_steps=cfg.warmup_epochs, t_total=max_epochs,
+                                    end_lr=cfg.min_lr, warmup_multiplier=0.1 if cfg.warmup_epochs else 0.0)
+    if cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.gamma,
+                                                      patience=cfg.patience, min_lr=cfg.min_lr)

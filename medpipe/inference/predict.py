@@ -1,0 +1,121 @@
+"""Predict whole images with a trained network and write the masks.
+
+Each case goes through the pipeline's inference transforms, the sliding-window inferer, a softmax, MONAI's
+``Invertd`` (undoing invertible spatial transforms so the mask matches the original file's grid), and is
+written as a PNG (``0``/``255`` for two classes, class indices otherwise) or NIfTI mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["predict_case", "predict_cases", "write_mask"]
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+@torch.inference_mode()
+def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device) -> np.ndarray:
+    """Class probabilities for one case on its original pixel grid.
+
+    Args:
+        net: network returning logits ``(1, K, *spatial)``; put in eval mode here.
+        case: ``{"image": path, ...}``.
+        transform: the inference ``Compose`` (loads the file; invertible spatial ops are undone).
+        inferer: e.g. ``SlidingWindowInferer``.
+        device: torch device.
+
+    Returns:
+        ``(K, *spatial)`` float32 probabilities.
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    net.eval()
+    data = transform(dict(case))
+    image = data["image"]
+    logits = inferer(image[None].to(device), net)
+    prob = torch.softmax(logits.float(), dim=1)[0].cpu()
+    if isinstance(image, MetaTensor) and image.applied_operations:
+        data["pred"] = MetaTensor(prob, meta=image.meta, applied_operations=list(image.applied_operations))
+        data = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)(data)
+        prob = data["pred"]
+    return np.asarray(prob.detach().cpu() if isinstance(prob, torch.Tensor) else prob, dtype=np.float32)
+
+
+def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = None) -> Path:
+    """Write a class-index mask.
+
+    Args:
+        mask: ``(H, W)`` (PNG) or ``(H, W[, D])`` (NIfTI) integer class indices.
+        path: output file; ``.png`` or ``.nii.gz``.
+        num_classes: with 2 classes a PNG stores ``0``/``255`` (the input label convention); otherwise the
+            class indices themselves.
+        reference: for NIfTI, an input NIfTI file whose affine is copied (identity if ``None``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        from PIL import Image
+
+        if mask.ndim != 2:
+            raise ValueError(f"PNG output needs a 2D mask, got shape {mask.shape}; use output_format: nifti")
+        out = (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
+        Image.fromarray(out).save(path)
+    else:
+        import nibabel as nib
+
+        affine = nib.load(reference).affine if reference and reference.endswith((".nii", ".nii.gz")) else np.eye(4)
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(path))
+    return path
+
+
+def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_dir: Path, num_classes: int,
+                  output_format: str = "png", save_probabilities: bool = False, progress: bool = False
+                  ) -> List[Dict]:
+    """Predict every case and write ``<out_dir>/<stem>.png`` (or ``.nii.gz``).
+
+    With ``save_probabilities`` also ``<stem>_prob.npy``: float32 foreground probability ``(H, W)`` for two
+    classes, else all class probabilities ``(K, H, W)``.
+
+    Returns:
+        One record per case: ``{"image", "label" (if any), "mask", "probabilities" (if saved)}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ext = ".png" if output_format == "png" else ".nii.gz"
+    records = []
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc=f"predict {out_dir.name}", leave=False)
+    for case in iterator:
+        prob = predict_case(net, case, transform, inferer, device)
+        mask = prob.argmax(0)
+        stem = _stem(case["image"])
+        rec = {"image": case["image"], "mask": str(write_mask(mask, out_dir / f"{stem}{ext}", num_classes,
+                                                              case["image"]))}
+        if "label" in case:
+            rec["label"] = case["label"]
+        if save_probabilities:
+            p = out_dir / f"{stem}_prob.npy"
+            np.save(p, prob[1] if num_classes == 2 else prob)
+            rec["probabilities"] = str(p)
+        records.append(rec)
+    logger.info("wrote %d masks to %s", len(records), out_dir)
+    return records

@@ -1,0 +1,205 @@
+"""MLflow tracking; the only medpipe module that imports ``mlflow``.
+
+One MLflow run per pipeline run. :class:`Tracker` logs the resolved config (artifact and flattened params),
+the dataset manifest hash, the git commit, library versions, per-epoch training loss / learning rate and
+validation metrics (step = epoch), final metrics, plots, and the best model
+(``mlflow.pytorch.log_model``). Used as a context manager, a crash ends the run as ``FAILED`` and keeps
+everything already logged.
+
+With tracking disabled (``tracking.enabled: false``) every method is a no-op, so callers need no branches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Tracker", "library_versions", "git_commit"]
+
+_MAX_PARAM_LEN = 500
+
+
+def git_commit(path: Path) -> Optional[str]:
+    """The commit of the git checkout containing ``path`` (with ``-dirty`` if it has changes), or ``None``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of Python and the main libraries (as MLflow tags ``version.<name>``)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("medpipe", "torch", "monai", "pytorch-ignite", "numpy", "mlflow", "pydantic", "scikit-image"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Tracker:
+    """An MLflow run for one pipeline run.
+
+    Args:
+        cfg: :class:`medpipe.config.TrackingConfig`.
+        pipeline_name: default experiment name.
+
+    Example:
+        >>> with Tracker(cfg.tracking, cfg.name) as tracker:   # doctest: +SKIP
+        ...     tracker.log_params({...}); tracker.attach(engines)
+    """
+
+    def __init__(self, cfg, pipeline_name: str):
+        self.cfg = cfg
+        self.enabled = bool(cfg.enabled)
+        self.run_id: Optional[str] = None
+        self.experiment_id: Optional[str] = None
+        self.history: Dict[str, list] = {"train": [], "val": []}
+        self._experiment = cfg.experiment or pipeline_name
+        self._mlflow = None
+
+    # --------------------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "Tracker":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.end("FAILED" if exc_type is not None else "FINISHED")
+        return False
+
+    def start(self) -> None:
+        """Create (or reuse) the experiment and start the run."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(self.cfg.tracking_uri)
+        exp = mlflow.get_experiment_by_name(self._experiment)
+        if exp is None:
+            self.experiment_id = mlflow.create_experiment(self._experiment,
+                                                          artifact_location=self.cfg.artifact_location)
+        else:
+            self.experiment_id = exp.experiment_id
+        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.cfg.run_name,
+                               tags=dict(self.cfg.tags))
+        self.run_id = run.info.run_id
+        logger.info("MLflow run %s in experiment %r at %s", self.run_id, self._experiment, self.cfg.tracking_uri)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run with ``FINISHED`` or ``FAILED`` (everything logged so far is kept)."""
+        if self._mlflow is not None and self._mlflow.active_run() is not None:
+            self._mlflow.end_run(status=status)
+
+    # ------------------------------------------------------------------------------------------ logging
+    def log_params(self, params: Dict[str, Any]) -> None:
+        """Log flat params; values longer than MLflow's limit are truncated (the full config is an artifact)."""
+        if not self.enabled:
+            return
+        clean = {k: (str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()}
+        items = list(clean.items())
+        for i in range(0, len(items), 100):
+            self._mlflow.log_params(dict(items[i:i + 100]))
+
+    def set_tags(self, tags: Dict[str, Any]) -> None:
+        """Set run tags (e.g. ``git_commit``, ``dataset.manifest_sha256``, ``version.torch``)."""
+        if self.enabled:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        """Log numeric metrics (non-finite values are skipped with a warning)."""
+        if not self.enabled:
+            return
+        import math
+
+        good = {}
+        for k, v in metrics.items():
+            v = float(v)
+            if math.isfinite(v):
+                good[k] = v
+            else:
+                logger.warning("metric %s is %s; not logged", k, v)
+        if good:
+            self._mlflow.log_metrics(good, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        """Upload a file or folder to the run's artifacts."""
+        if not self.enabled:
+            return
+        path = Path(path)
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.is_file():
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_model(self, net, name: str = "model") -> Optional[str]:
+        """Log the network with ``mlflow.pytorch.log_model``; returns the model URI ``runs:/<id>/<name>``.
+
+        Pip requirements are given explicitly (torch and MONAI versions) so MLflow does not spawn a process to
+        infer them.
+        """
+        if not (self.enabled and self.cfg.log_model):
+            return None
+        import mlflow.pytorch
+
+        versions = library_versions()
+        reqs = [f"torch=={versions['torch'].split('+')[0]}", f"monai=={versions['monai']}"]
+        mlflow.pytorch.log_model(net.cpu() if hasattr(net, "cpu") else net, name=name, pip_requirements=reqs,
+                                serialization_format="pickle")
+        return f"runs:/{self.run_id}/{name}"
+
+    # --------------------------------------------------------------------------------------- engines
+    def attach(self, engines) -> None:
+        """Log per-epoch training loss and learning rate (trainer) and validation metrics (evaluator), with the
+        trainer's epoch as step; keep them in :attr:`history` for plots (also when tracking is disabled)."""
+        from ignite.engine import Events
+
+        trainer, evaluator = engines.trainer, engines.evaluator
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _train_epoch(engine):
+            rec = {"epoch": engine.state.epoch, "train_loss": engine.state.metrics["train_loss"],
+                   "lr": engine.state.metrics["lr"]}
+            self.history["train"].append(rec)
+            self.log_metrics({"train_loss": rec["train_loss"], "lr": rec["lr"]}, step=rec["epoch"])
+
+        @evaluator.on(Events.EPOCH_COMPLETED)
+        def _val_epoch(engine):
+            epoch = trainer.state.epoch
+            vals = {k: float(v) for k, v in engine.state.metrics.items()}
+            self.history["val"].append({"epoch": epoch, **vals})
+            self.log_metrics({f"val_{k}": v for k, v in vals.items()}, step=epoch)
+
+
+def client_for(tracking_uri: str):
+    """An ``mlflow.tracking.MlflowClient`` for reading runs back (tests, reports)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def env_summary() -> Dict[str, str]:
+    """Host facts for run tags: platform, CPU count, CUDA device name if any."""
+    out = {"platform": platform.platform(), "cpu_count": str(os.cpu_count())}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["cuda_device"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return out
