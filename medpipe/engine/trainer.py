@@ -170,13 +170,11 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
     trainer = SupervisedTrainer(
         device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=net,
         optimizer=optimizer, loss_function=loss, amp=amp,
-        train_handlers=[
-            ValidationHandler(validator=evaluator, interval=tc.val_interval, epoch_level=True),
-            StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True),
-                         iteration_log=False, name="medpipe.train"),
-        ],
     )
-    _attach_epoch_loss(trainer)
+    _attach_epoch_loss(trainer)  # first, so that every later handler sees this epoch's loss and lr
+    StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True), iteration_log=False,
+                 name="medpipe.train").attach(trainer)
+    ValidationHandler(validator=evaluator, interval=tc.val_interval, epoch_level=True).attach(trainer)
     if tc.grad_clip_norm:
         _attach_grad_clip(trainer, tc.grad_clip_norm)
 
