@@ -52,12 +52,24 @@ class PerImageMetric(CumulativeIterationMetric):
         return torch.as_tensor(data, dtype=torch.float64).nanmean()
 
 
+_last: Dict[str, object] = {"pred": None, "label": None, "scores": None}
+
+
+def _boundary_scores(pred: np.ndarray, label: np.ndarray) -> Dict[str, float]:
+    """V-Rand and V-Info of one image; the V-Info handler reuses the V-Rand handler's result for the same
+    image instead of labelling the connected components twice."""
+    if not (_last["pred"] is not None and np.array_equal(_last["pred"], pred)
+            and np.array_equal(_last["label"], label)):
+        _last.update(pred=pred, label=label, scores=M.rand_and_info_scores(pred > 0, label > 0))
+    return _last["scores"]  # type: ignore[return-value]
+
+
 def _v_rand(pred: np.ndarray, label: np.ndarray) -> float:
-    return M.rand_and_info_scores(pred > 0, label > 0)["v_rand"]
+    return _boundary_scores(pred, label)["v_rand"]
 
 
 def _v_info(pred: np.ndarray, label: np.ndarray) -> float:
-    return M.rand_and_info_scores(pred > 0, label > 0)["v_info"]
+    return _boundary_scores(pred, label)["v_info"]
 
 
 _PER_IMAGE: Dict[str, Callable] = {
