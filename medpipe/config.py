@@ -27,6 +27,7 @@ from medpipe.registry import did_you_mean
 
 __all__ = [
     "ConfigError",
+    "CrossFieldError",
     "PipelineConfig",
     "load_config",
     "validate_config",
@@ -46,6 +47,13 @@ class SplitConfig(_Model):
     Exactly one method is used: an explicit ``val`` list of image file names (or paths relative to
     ``data.root``), a random ``val_fraction``, or ``kfold`` folds with ``fold`` held out. Random methods are
     deterministic given ``seed`` (cases are sorted by path before shuffling with ``numpy.random.default_rng``).
+
+    Classification adds: predefined splits from ``data.split_column`` (rows mapped by ``column_values``; a
+    predefined val split replaces ``val_fraction``/``kfold``), an optional ``test_fraction`` held out first when
+    there is no predefined test split, stratification by class (``stratify``) and grouping by
+    ``data.group_column`` (no patient in two splits), with scikit-learn's ``StratifiedShuffleSplit``,
+    ``StratifiedKFold`` and ``StratifiedGroupKFold`` seeded by ``seed``. A grouped ``val_fraction`` f is
+    approximated by one fold of ``round(1 / f)`` group folds. The test split is never used for model selection.
     """
 
     val: Optional[List[str]] = Field(None, description="explicit validation images (file names or relative paths)")
@@ -53,6 +61,12 @@ class SplitConfig(_Model):
     kfold: Optional[int] = Field(None, ge=2, description="number of folds for k-fold cross-validation")
     fold: int = Field(0, ge=0, description="which fold is the validation fold (0-based), with kfold")
     seed: int = Field(0, description="seed of the split's shuffle")
+    test_fraction: Optional[float] = Field(None, gt=0, lt=1, description="classification: fraction held out as a "
+                                           "test split when the data has no predefined test split")
+    stratify: bool = Field(True, description="classification: keep the class ratios in every split")
+    column_values: Dict[str, Literal["train", "val", "test", "drop"]] = Field(
+        {"train": "train", "val": "val", "test": "test"},
+        description="classification: data.split_column value -> split (drop: leave the rows out)")
 
     @model_validator(mode="after")
     def _one_method(self) -> "SplitConfig":
@@ -61,6 +75,10 @@ class SplitConfig(_Model):
             raise ValueError(f"give only one of val, val_fraction, kfold; found {', '.join(chosen)}")
         if not chosen:
             self.val_fraction = 0.2
+            self.__pydantic_fields_set__.discard("val_fraction")  # a default, not the user's choice
+        if self.test_fraction is not None and (self.val_fraction or 0) + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be < 1, found {self.val_fraction} + "
+                             f"{self.test_fraction}")
         if self.kfold is not None and self.fold >= self.kfold:
             raise ValueError(f"fold must be < kfold={self.kfold}, found fold={self.fold}")
         return self
@@ -75,6 +93,11 @@ class DataConfig(_Model):
     with the extension removed (``train/image/3.png`` <-> ``train/label/3.png``). Alternatively ``list_file``
     names a CSV (columns ``image``, ``label``) or JSON (a list of ``{"image": ..., "label": ...}``) with paths
     relative to ``root``.
+
+    Classification: the class of each image comes from the list file's ``label_column`` (class names, e.g.
+    ``PNEUMONIA``), or with ``images`` and ``class_from: folder`` from each image's parent folder name (then
+    ``test_images`` is a labelled test split). ``split_column`` names predefined splits, ``group_column`` patient
+    ids (see :class:`SplitConfig`). An image whose class is not in ``classes`` is an error naming file and value.
     """
 
     root: str = Field(..., description="dataset folder, absolute or relative to the data root")
@@ -93,6 +116,28 @@ class DataConfig(_Model):
         "error", description="an unreadable image or an image/label size mismatch: stop, or report and skip it"
     )
     verify: bool = Field(True, description="read every file once before training to report unreadable ones")
+    # classification
+    image_column: str = Field("image", description="list_file column (JSON key) holding the image path")
+    label_column: str = Field("label", description="list_file column holding the label (a mask path for "
+                              "segmentation, a class name for classification)")
+    split_column: Optional[str] = Field(None, description="classification: list_file column naming each row's "
+                                        "predefined split (train / val / test; see split.column_values)")
+    group_column: Optional[str] = Field(None, description="classification: list_file column with a patient / "
+                                        "group id; no group is ever in two splits")
+    class_from: Optional[Literal["folder"]] = Field(None, description="classification with `images`: the class "
+                                                    "is the name of each image's parent folder")
+    classes: Optional[List[str]] = Field(None, min_length=2, description="classification: ordered class names "
+                                         "(index = position); default: the sorted names found in the data")
+    sampler: Literal["none", "weighted"] = Field("none", description="classification: weighted = "
+                                                 "torch WeightedRandomSampler by inverse class frequency")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v: Optional[List[str]]) -> Optional[List[str]]:
+        if v is not None and len(set(v)) != len(v):
+            dup = sorted({c for c in v if v.count(c) > 1})
+            raise ValueError(f"class names must be unique, found duplicates {dup}")
+        return v
 
     @model_validator(mode="after")
     def _source(self) -> "DataConfig":
@@ -233,7 +278,65 @@ class BasicUNetNet(_Model):
     upsample: Literal["deconv", "pixelshuffle", "nontrainable"] = "deconv"
 
 
-NetConfig = Annotated[Union[BasicUNetNet], Field(discriminator="name")]
+class _ClassifierNet(_Model):
+    """Fields shared by the image classifiers: input ``(B, in_channels, H, W[, D])`` -> logits
+    ``(B, num_classes)``, plus weight initialisation and transfer learning."""
+
+    spatial_dims: Literal[2, 3] = 2
+    in_channels: int = Field(1, ge=1)
+    num_classes: int = Field(2, ge=2, description="number of classes (the network's output channels)")
+    init: Literal["default", "xavier_uniform", "kaiming_normal"] = Field(
+        "default", description="weight initialisation (medpipe.nets.init), applied before `pretrained`")
+    pretrained: Optional[str] = Field(
+        None, description="weights to start from: a .pt/.pth file or medpipe checkpoint, an MLflow model URI "
+        "(runs:/<id>/model), or an https:// URL with `pretrained_sha256`; tensors whose name and shape match are "
+        "loaded, the rest (e.g. a head of another class count) keeps `init`")
+    pretrained_sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
+                                             description="SHA-256 of the `pretrained` file (required for URLs)")
+
+
+class DenseNet121Net(_ClassifierNet):
+    """MONAI ``DenseNet121`` (Huang et al., "Densely connected convolutional networks", CVPR 2017): dense blocks
+    of (6, 12, 24, 16) layers, growth rate 32, batch norm; ``num_classes`` is MONAI's ``out_channels``. The
+    pneumonia X-ray default (the CheXNet backbone, Rajpurkar et al. 2017)."""
+
+    name: Literal["densenet121"]
+    init_features: int = Field(64, ge=1)
+    growth_rate: int = Field(32, ge=1)
+    bn_size: int = Field(4, ge=1)
+    dropout_prob: float = Field(0.0, ge=0, lt=1, description="dropout after each dense layer")
+
+
+class ResNetNet(_ClassifierNet):
+    """MONAI ``ResNet`` via ``resnet18`` (basic blocks [2, 2, 2, 2]) or ``resnet50`` (bottlenecks [3, 4, 6, 3])
+    (He et al., "Deep residual learning for image recognition", CVPR 2016); ``in_channels`` is MONAI's
+    ``n_input_channels``. ``conv1_t_stride`` defaults to 2 as in He et al. (MONAI's default is 1, which
+    quadruples the cost of every later layer on 2D images)."""
+
+    name: Literal["resnet18", "resnet50"]
+    conv1_t_size: int = Field(7, ge=1, description="kernel size of the first convolution")
+    conv1_t_stride: int = Field(2, ge=1, description="stride of the first convolution")
+    no_max_pool: bool = Field(False, description="skip the max-pool after the first convolution")
+    shortcut_type: Literal["A", "B"] = Field("B", description="A: zero-padded identity, B: 1x1 conv projection")
+    widen_factor: float = Field(1.0, gt=0)
+
+
+class LeNetNet(_ClassifierNet):
+    """medpipe ``LeNet`` (LeCun et al. 1998, the histopathology seed's variant): two conv 5x5 / ReLU / max-pool
+    blocks of 20 and 50 filters, dense 500, dense ``num_classes``; only accepts ``input_size`` inputs."""
+
+    name: Literal["lenet"]
+    spatial_dims: Literal[2] = 2
+    in_channels: int = Field(3, ge=1)
+    input_size: Union[int, Tuple[int, int]] = Field(28, description="patch size in pixels, H or (H, W)")
+    padding: int = Field(2, ge=0, description="2 = 'same' 5x5 convolutions (the seed's Keras model); 0 = valid")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the last dense layer")
+
+
+SEGMENTATION_NETS = ("basic_unet",)
+CLASSIFICATION_NETS = ("densenet121", "resnet18", "resnet50", "lenet")
+
+NetConfig = Annotated[Union[BasicUNetNet, DenseNet121Net, ResNetNet, LeNetNet], Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------------------------------- loss, optimizer
@@ -241,15 +344,20 @@ class LossConfig(_Model):
     """Loss function (MONAI losses; ``cross_entropy`` is ``torch.nn.CrossEntropyLoss``).
 
     ``dice_ce``: MONAI ``DiceCELoss`` (Milletari et al. 2016 Dice + cross-entropy) on softmax outputs with
-    one-hot labels. ``dice``: MONAI ``DiceLoss``. ``cross_entropy``: class-index labels. ``class_weights``
-    weights the cross-entropy term per class.
+    one-hot labels. ``dice``: MONAI ``DiceLoss``. ``cross_entropy``: class-index labels. The default ``name``
+    depends on the task: ``dice_ce`` for segmentation, ``cross_entropy`` for classification.
+    ``class_weights`` weights the cross-entropy term per class: a list (one weight per class) or, for
+    classification, ``balanced``: ``n / (C * n_c)`` from the training split's class counts ``n_c``
+    (King & Zeng 2001; scikit-learn's ``class_weight="balanced"``).
     """
 
-    name: Literal["dice_ce", "dice", "cross_entropy"] = "dice_ce"
+    name: Optional[Literal["dice_ce", "dice", "cross_entropy"]] = Field(
+        None, description="default: dice_ce (segmentation), cross_entropy (classification)")
     include_background: bool = True
     lambda_dice: float = Field(1.0, ge=0)
     lambda_ce: float = Field(1.0, ge=0)
-    class_weights: Optional[List[float]] = None
+    class_weights: Optional[Union[Literal["balanced"], List[float]]] = Field(
+        None, description="per-class weights of the cross-entropy, or balanced (classification)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
@@ -295,26 +403,52 @@ class TrainConfig(_Model):
     grad_clip_norm: Optional[float] = Field(None, gt=0, description="clip the gradient L2 norm to this value")
     early_stop_patience: Optional[int] = Field(None, ge=1, description="stop after N validations without gain")
     progress: bool = Field(True, description="show progress bars")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="transfer learning: train only the classifier head "
+                                        "for the first N epochs, then all layers (classification)")
 
 
 SegMetric = Literal["dice", "pixel_accuracy", "v_rand", "v_info"]
+ClsMetric = Literal["accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "precision", "f1"]
+SEGMENTATION_METRICS: Tuple[str, ...] = typing.get_args(SegMetric)
+CLASSIFICATION_METRICS: Tuple[str, ...] = typing.get_args(ClsMetric)
 
 
 class MetricsConfig(_Model):
     """Validation metrics. ``key_metric`` selects the best checkpoint (higher is better).
 
-    ``dice``: MONAI ``DiceMetric`` over the foreground classes; ``pixel_accuracy``; ``v_rand`` and ``v_info``:
-    the ISBI-2012 foreground-restricted Rand and information-theoretic scores (Arganda-Carreras et al. 2015).
+    Segmentation (default ``[dice, pixel_accuracy]``, key ``dice``): ``dice``: MONAI ``DiceMetric`` over the
+    foreground classes; ``pixel_accuracy``; ``v_rand`` and ``v_info``: the ISBI-2012 foreground-restricted Rand and
+    information-theoretic scores (Arganda-Carreras et al. 2015).
+
+    Classification (default all seven; key ``auc`` for two classes, threshold-free and insensitive to class
+    imbalance, else ``balanced_accuracy``, the mean recall of Brodersen et al. 2010): ``accuracy``,
+    ``balanced_accuracy``, ``auc`` (ROC AUC; one-vs-rest macro mean for more than two classes),
+    ``sensitivity`` (recall), ``specificity``, ``precision``, ``f1``. With two classes the last four are those of
+    the positive class (index 1, the second of ``data.classes``) at threshold 0.5; with more classes they are
+    unweighted macro means over classes. The validation loss (unweighted cross-entropy) is always computed too.
+    Definitions: :func:`medpipe.engine.metrics.classification_metrics`. A class never predicted has precision 0
+    (scikit-learn ``zero_division=0``; a warning is logged).
     """
 
-    names: List[SegMetric] = ["dice", "pixel_accuracy"]
-    key_metric: SegMetric = "dice"
+    names: Optional[List[Union[SegMetric, ClsMetric]]] = Field(None, description="default: by task (see above)")
+    key_metric: Optional[Union[SegMetric, ClsMetric]] = Field(None, description="default: by task (see above)")
+    threshold: Union[Literal["youden"], Annotated[float, Field(gt=0, lt=1)]] = Field(
+        0.5, description="classification, two classes: final operating threshold on P(class 1): a probability, "
+        "or youden = maximise sensitivity + specificity - 1 on the validation split (Youden 1950), then applied "
+        "unchanged to the test split. Per-epoch validation metrics always use 0.5")
 
     @model_validator(mode="after")
     def _key_in_names(self) -> "MetricsConfig":
-        if self.key_metric not in self.names:
+        if self.key_metric is not None and self.names is not None and self.key_metric not in self.names:
             raise ValueError(f"key_metric {self.key_metric!r} must be one of names {self.names}")
         return self
+
+
+class ReportConfig(_Model):
+    """The one-page ``report.md`` of a classification run."""
+
+    anchor: Optional[str] = Field(None, description="published result to quote beside the measured test metrics")
+    max_misclassified: int = Field(16, ge=0, description="misclassified examples shown in the plot grid")
 
 
 class InferConfig(_Model):
@@ -347,11 +481,31 @@ class TrackingConfig(_Model):
     artifact_location: Optional[str] = Field(None, description="artifact root of a new experiment (MLflow default)")
 
 
+class CrossFieldError(ValueError):
+    """Problems that involve several config fields, each tied to the key path it is reported at.
+
+    Raised inside :class:`PipelineConfig` validation; :func:`validate_config` turns each problem into a
+    :class:`ConfigError` entry with that path's YAML line.
+
+    Attributes:
+        problems: ``[(key_path_tuple, message), ...]``.
+    """
+
+    def __init__(self, problems: List[Tuple[Tuple[Any, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+
+
 class PipelineConfig(_Model):
-    """A whole pipeline: YAML -> data -> network -> engine -> metrics -> tracking -> artifacts."""
+    """A whole pipeline: YAML -> data -> network -> engine -> metrics -> tracking -> artifacts.
+
+    ``task`` decides the rest: ``segmentation`` needs a segmentation net (``basic_unet``) and ``infer`` (sliding
+    window); ``classification`` needs a classifier net (``densenet121``, ``resnet18``, ``resnet50``, ``lenet``),
+    class labels from ``data.list_file`` or ``data.class_from: folder``, and classification metrics.
+    """
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
-    task: Literal["segmentation"] = "segmentation"
+    task: Literal["segmentation", "classification"] = "segmentation"
     output_dir: str = Field("artifacts", description="artifacts go to <output_dir>/<run name>/")
     data: DataConfig
     transforms: TransformsConfig
@@ -361,7 +515,8 @@ class PipelineConfig(_Model):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     train: TrainConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    infer: InferConfig
+    infer: Optional[InferConfig] = Field(None, description="sliding-window inference; required for segmentation")
+    report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("transforms")
@@ -371,19 +526,106 @@ class PipelineConfig(_Model):
             raise ValueError("transforms.train must not be empty (at least LoadImaged)")
         return v
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: ``net.out_channels`` (segmentation) or ``net.num_classes`` (classification)."""
+        return self.net.out_channels if self.task == "segmentation" else self.net.num_classes
+
     @model_validator(mode="after")
     def _consistent(self) -> "PipelineConfig":
-        if len(self.infer.roi_size) != self.net.spatial_dims:
-            raise ValueError(
-                f"infer.roi_size has {len(self.infer.roi_size)} values but net.spatial_dims is "
-                f"{self.net.spatial_dims}"
-            )
-        if self.loss.class_weights is not None and len(self.loss.class_weights) != self.net.out_channels:
-            raise ValueError(
-                f"loss.class_weights has {len(self.loss.class_weights)} values for "
-                f"net.out_channels={self.net.out_channels} classes"
-            )
+        problems: List[Tuple[Tuple[Any, ...], str]] = []
+        if self.task == "segmentation":
+            self._check_segmentation(problems)
+        else:
+            self._check_classification(problems)
+        names, key = self.metrics.names, self.metrics.key_metric
+        allowed = SEGMENTATION_METRICS if self.task == "segmentation" else CLASSIFICATION_METRICS
+        for i, m in enumerate(names or []):
+            if m not in allowed:
+                problems.append((("metrics", "names", i), f"{m!r} is not a {self.task} metric; allowed: "
+                                 f"{', '.join(allowed)}"))
+        if key is not None and key not in allowed:
+            problems.append((("metrics", "key_metric"), f"{key!r} is not a {self.task} metric; allowed: "
+                             f"{', '.join(allowed)}"))
+        if self.metrics.threshold != 0.5 and (self.task != "classification" or self.num_classes != 2):
+            problems.append((("metrics", "threshold"), "an operating threshold applies to two-class "
+                             "classification only (more classes: argmax)"))
+        weights = self.loss.class_weights
+        if weights == "balanced" and self.task != "classification":
+            problems.append((("loss", "class_weights"), "balanced is computed from class labels: classification "
+                             "only; give a list of weights for segmentation"))
+        elif isinstance(weights, list) and len(weights) != self.num_classes:
+            field = "net.out_channels" if self.task == "segmentation" else "net.num_classes"
+            problems.append((("loss", "class_weights"), f"has {len(weights)} values for {field}="
+                             f"{self.num_classes} classes"))
+        if problems:
+            raise CrossFieldError(problems)
+        # defaults that depend on the task, filled in so that config.resolved.yaml shows them
+        if self.task == "segmentation":
+            self.loss.name = self.loss.name or "dice_ce"
+            self.metrics.names = names or ["dice", "pixel_accuracy"]
+            self.metrics.key_metric = key or ("dice" if "dice" in self.metrics.names else self.metrics.names[0])
+        else:
+            self.loss.name = self.loss.name or "cross_entropy"
+            self.metrics.names = names or list(CLASSIFICATION_METRICS)
+            default_key = "auc" if self.num_classes == 2 else "balanced_accuracy"
+            self.metrics.key_metric = key or (default_key if default_key in self.metrics.names
+                                              else self.metrics.names[0])
         return self
+
+    def _check_segmentation(self, problems: List) -> None:
+        if self.net.name not in SEGMENTATION_NETS:
+            problems.append((("net", "name"), f"{self.net.name!r} is a classifier; task segmentation needs one of "
+                             f"{', '.join(SEGMENTATION_NETS)} (or set task: classification)"))
+            return
+        if self.infer is None:
+            problems.append((("infer",), "required for task segmentation (sliding-window roi_size, overlap, ...)"))
+        elif len(self.infer.roi_size) != self.net.spatial_dims:
+            problems.append((("infer", "roi_size"), f"has {len(self.infer.roi_size)} values but net.spatial_dims "
+                             f"is {self.net.spatial_dims}"))
+        for key in ("split_column", "group_column", "class_from", "classes"):
+            if getattr(self.data, key) is not None:
+                problems.append((("data", key), "is a classification setting; task is segmentation"))
+        if self.data.sampler != "none":
+            problems.append((("data", "sampler"), "weighted sampling is for classification only"))
+        if self.train.freeze_backbone_epochs:
+            problems.append((("train", "freeze_backbone_epochs"), "is for classifiers with a pretrained "
+                             "backbone; task is segmentation"))
+
+    def _check_classification(self, problems: List) -> None:
+        if self.net.name not in CLASSIFICATION_NETS:
+            problems.append((("net", "name"), f"{self.net.name!r} is a segmentation net; task classification needs "
+                             f"one of {', '.join(CLASSIFICATION_NETS)}"))
+            return
+        d = self.data
+        if d.labels is not None:
+            problems.append((("data", "labels"), "label images are for segmentation; for classification give "
+                             "data.list_file with a label_column, or data.images with class_from: folder"))
+        if d.images is not None and d.list_file is None and d.class_from is None:
+            problems.append((("data", "images"), "classification from an images glob needs class_from: folder "
+                             "(the class is each image's parent folder), or use data.list_file"))
+        if d.list_file is not None and d.class_from is not None:
+            problems.append((("data", "class_from"), "with data.list_file the class comes from label_column; "
+                             "remove class_from"))
+        if d.test_images is not None and d.class_from is None:
+            problems.append((("data", "test_images"), "for classification, test images need class_from: folder "
+                             "(their labels); with a list_file use split_column"))
+        if d.list_file is None:
+            for key in ("split_column", "group_column"):
+                if getattr(d, key) is not None:
+                    problems.append((("data", key), "a column needs data.list_file (a CSV or JSON list)"))
+        if d.classes is not None and len(d.classes) != self.net.num_classes:
+            problems.append((("data", "classes"), f"names {len(d.classes)} classes but net.num_classes is "
+                             f"{self.net.num_classes}"))
+        if self.loss.name in ("dice", "dice_ce"):
+            problems.append((("loss", "name"), f"{self.loss.name} is a segmentation loss; use cross_entropy "
+                             "for classification"))
+        if self.train.freeze_backbone_epochs and not self.net.pretrained:
+            problems.append((("train", "freeze_backbone_epochs"), "freezing the backbone only makes sense "
+                             "with pretrained weights: set net.pretrained"))
+        if self.train.freeze_backbone_epochs >= self.train.max_epochs:
+            problems.append((("train", "freeze_backbone_epochs"), f"{self.train.freeze_backbone_epochs} >= "
+                             f"train.max_epochs={self.train.max_epochs}: the backbone would never be fine-tuned"))
 
     def infer_transforms(self) -> List[TransformSpec]:
         """Transforms for unlabelled images: ``transforms.infer`` or ``transforms.val`` without ``label``."""
@@ -507,7 +749,7 @@ def _allowed_keys(path: Tuple[Any, ...], data: Any) -> Optional[List[str]]:
         cur = _unwrap(cur)
         if isinstance(cur, tuple):  # union of models: pick by `name`
             tag = node.get("name") if isinstance(node, dict) else None
-            cur = next((m for m in cur if _tag_of(m) == tag), None)
+            cur = next((m for m in cur if tag in _tags_of(m)), None)
             if cur is None:
                 return None
         if inspect.isclass(cur) and issubclass(cur, BaseModel):
@@ -522,18 +764,18 @@ def _allowed_keys(path: Tuple[Any, ...], data: Any) -> Optional[List[str]]:
     cur = _unwrap(cur)
     if isinstance(cur, tuple):
         tag = node.get("name") if isinstance(node, dict) else None
-        cur = next((m for m in cur if _tag_of(m) == tag), None)
+        cur = next((m for m in cur if tag in _tags_of(m)), None)
     if inspect.isclass(cur) and issubclass(cur, BaseModel):
         return list(cur.model_fields)
     return None
 
 
-def _tag_of(model) -> Any:
+def _tags_of(model) -> Tuple[Any, ...]:
+    """The discriminator values (``name`` literals) of a union member model, e.g. ``("resnet18", "resnet50")``."""
     f = getattr(model, "model_fields", {}).get("name")
     if f is None:
-        return None
-    args = typing.get_args(f.annotation)
-    return args[0] if args else None
+        return ()
+    return typing.get_args(f.annotation)
 
 
 def _data_path(loc: Tuple[Any, ...], data: Any) -> Tuple[Any, ...]:
@@ -611,6 +853,11 @@ def validate_config(data: Any, source: str = "<string>", lines: Optional[Dict] =
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
+            cross = (err.get("ctx") or {}).get("error")
+            if isinstance(cross, CrossFieldError):
+                for path, msg in cross.problems:
+                    problems.append((".".join(str(p) for p in path), _line_for(path, lines), msg))
+                continue
             path, msg = _format_error(err, data)
             problems.append((".".join(str(p) for p in path), _line_for(path, lines), msg))
         problems.sort(key=lambda p: (p[1] is None, p[1] or 0))

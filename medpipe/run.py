@@ -4,8 +4,12 @@ Wires the one flow: YAML -> validated config -> data -> network -> engine -> met
 artifacts. Library modules never import this one.
 
 Artifacts of a run go to ``<output_dir>/<run name>/``:
-``config.resolved.yaml``, ``manifest.json`` (the split), ``checkpoints/`` (best and latest),
-``metrics.json``, ``plots/`` (training curves, overlays) and ``predictions/<split>/`` (masks).
+``config.resolved.yaml``, ``manifest.json`` (the split), ``checkpoints/`` (best and latest), ``metrics.json``,
+``data_problems.csv`` (only when the integrity check skipped files), and by task:
+
+* segmentation: ``plots/`` (training curves, overlays) and ``predictions/<split>/`` (masks);
+* classification: ``report.md`` (one page: test metrics, threshold, confusion matrix, published anchor),
+  ``plots/`` (learning curves, ROC, confusion matrices, misclassified examples) and ``predictions/<split>.csv``.
 """
 
 from __future__ import annotations
@@ -49,8 +53,83 @@ def _run_dir(cfg: PipelineConfig) -> Path:
     return out
 
 
+@dataclass
+class _Data:
+    """The cases of a run, split, with what the task adds (class names, loss weights, sampling weights)."""
+
+    cases: List[Dict]
+    train: List[Dict]
+    val: List[Dict]
+    test: List[Dict]
+    problems: List[Dict]
+    classes: Optional[List[str]] = None
+    class_weights: Optional[List[float]] = None
+    sample_weights: Optional[List[float]] = None
+
+    def tags(self) -> Dict[str, object]:
+        out: Dict[str, object] = {"dataset.n_train": len(self.train), "dataset.n_val": len(self.val),
+                                  "dataset.n_test": len(self.test), "dataset.n_skipped": len(self.problems)}
+        if self.classes is not None:
+            from medpipe.data.datasets import class_counts
+
+            out["dataset.classes"] = ",".join(self.classes)
+            for name, part in (("train", self.train), ("val", self.val), ("test", self.test)):
+                out[f"dataset.class_counts_{name}"] = class_counts(part, len(self.classes)).tolist()
+        return out
+
+
+def _prepare_data(cfg: PipelineConfig) -> _Data:
+    """Discover, verify and split the cases of either task (no torch work)."""
+    from medpipe.data import datasets as D
+
+    if cfg.task == "segmentation":
+        cases = D.discover_cases(cfg.data)
+        classes = None
+    else:
+        cases, classes = D.discover_classification_cases(cfg.data)
+        if len(classes) != cfg.net.num_classes:
+            raise D.DataError(f"the data under data.root {cfg.data.root!r} has {len(classes)} classes {classes} "
+                              f"but net.num_classes is {cfg.net.num_classes}; set data.classes or net.num_classes")
+    problems: List[Dict] = []
+    if cfg.data.verify:
+        cases, problems = D.verify_cases(cases, cfg.data.on_bad_image)
+    if cfg.task == "segmentation":
+        train, val = D.split_cases(cases, cfg.data.split)
+        test: List[Dict] = []
+        if cfg.data.test_images:
+            test = [{"image": f} for f in D.discover_images(D.resolve_root(cfg.data.root), cfg.data.test_images)]
+        return _Data(cases, train, val, test, problems)
+    train, val, test = D.split_classification_cases(cases, cfg.data.split)
+    data = _Data(cases, train, val, test, problems, classes)
+    if cfg.loss.class_weights == "balanced":
+        data.class_weights = D.balanced_class_weights(train, classes)
+        logger.info("balanced class weights %s", dict(zip(classes, data.class_weights)))
+    if cfg.data.sampler == "weighted":
+        data.sample_weights = D.inverse_frequency_weights(train, len(classes))
+    return data
+
+
+def _write_problems(problems: List[Dict], out_dir: Path) -> Optional[Path]:
+    """The integrity check's table of bad files as ``data_problems.csv`` (file, reason), or ``None``."""
+    if not problems:
+        return None
+    import csv
+
+    path = out_dir / "data_problems.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "reason"])
+        writer.writeheader()
+        writer.writerows(problems)
+    return path
+
+
 def run_pipeline(cfg: PipelineConfig) -> RunResult:
     """Train, evaluate and predict a validated pipeline; track it in MLflow.
+
+    Segmentation: train, re-evaluate the best checkpoint on the validation split, predict masks for
+    ``infer.splits``. Classification: train, reload the best checkpoint (chosen on the validation split's key
+    metric), choose the operating threshold on the validation split, evaluate validation and the held-out test
+    split, and write ``metrics.json``, ``report.md``, ``predictions/<split>.csv`` and the plots.
 
     Raises:
         medpipe.data.datasets.DataError: bad or inconsistent data (names the file).
@@ -59,14 +138,11 @@ def run_pipeline(cfg: PipelineConfig) -> RunResult:
     """
     import torch
 
-    from medpipe.data.datasets import (build_dataset, build_loader, discover_cases, discover_images,
-                                       manifest_hash, resolve_root, split_cases, verify_cases)
+    from medpipe.data.datasets import build_dataset, build_loader, manifest_hash
     from medpipe.data.transforms import build_transforms
-    from medpipe.engine.trainer import build_engines, build_evaluator, seed_everything
-    from medpipe.inference.predict import predict_cases
-    from medpipe.inference.sliding import build_inferer
+    from medpipe.engine.trainer import build_engines, seed_everything
     from medpipe.nets import build_net
-    from medpipe.plots import plot_history, plot_overlays
+    from medpipe.nets.factory import prepare_net
     from medpipe.tracking import Tracker, env_summary, git_commit, library_versions
 
     t0 = time.time()
@@ -76,15 +152,10 @@ def run_pipeline(cfg: PipelineConfig) -> RunResult:
     (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    cases = discover_cases(cfg.data)
-    problems: List[Dict] = []
-    if cfg.data.verify:
-        cases, problems = verify_cases(cases, cfg.data.on_bad_image)
-    train_cases, val_cases = split_cases(cases, cfg.data.split)
-    test_cases: List[Dict] = []
-    if cfg.data.test_images:
-        test_cases = [{"image": f} for f in discover_images(resolve_root(cfg.data.root), cfg.data.test_images)]
-    manifest = {"train": train_cases, "val": val_cases, "test": test_cases, "skipped": problems}
+    data = _prepare_data(cfg)
+    manifest = {"train": data.train, "val": data.val, "test": data.test, "skipped": data.problems}
+    if data.classes is not None:
+        manifest["classes"] = data.classes
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
     tracker = Tracker(cfg.tracking, cfg.name)
@@ -93,29 +164,44 @@ def run_pipeline(cfg: PipelineConfig) -> RunResult:
         tracker.set_tags({
             "pipeline": cfg.name, "task": cfg.task, "output_dir": str(out_dir.resolve()),
             "git_commit": git_commit(Path(__file__).parent) or "none",
-            "dataset.manifest_sha256": manifest_hash(cases),
-            "dataset.n_train": len(train_cases), "dataset.n_val": len(val_cases), "dataset.n_test": len(test_cases),
-            "dataset.n_skipped": len(problems),
+            "dataset.manifest_sha256": manifest_hash(data.cases), **data.tags(),
             **{f"version.{k}": v for k, v in library_versions().items()}, **env_summary(),
         })
         tracker.log_artifact(out_dir / "config.resolved.yaml")
         tracker.log_artifact(out_dir / "manifest.json")
+        problems_file = _write_problems(data.problems, out_dir)
+        if problems_file is not None:
+            tracker.log_artifact(problems_file)
 
         train_tf = build_transforms(cfg.transforms.train, "transforms.train")
         val_tf = build_transforms(cfg.transforms.val, "transforms.val")
-        infer_tf = build_transforms(cfg.infer_transforms(), "transforms.infer")
+        infer_tf = build_transforms(cfg.infer_transforms(), "transforms.infer") if cfg.task == "segmentation" \
+            else None
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
         progress = cfg.train.progress
-        train_ds = build_dataset(train_cases, train_tf, cfg.data, cache_dir / "train", progress)
-        val_ds = build_dataset(val_cases, val_tf, cfg.data, cache_dir / "val", progress)
-        train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers, cfg.train.seed)
+        train_ds = build_dataset(data.train, train_tf, cfg.data, cache_dir / "train", progress)
+        val_ds = build_dataset(data.val, val_tf, cfg.data, cache_dir / "val", progress)
+        if cfg.task == "segmentation":
+            train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers, cfg.train.seed)
+        else:  # a last batch of one sample would break batch norm
+            train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers, cfg.train.seed,
+                                        sample_weights=data.sample_weights,
+                                        drop_last=len(data.train) > cfg.train.batch_size)
         val_loader = build_loader(val_ds, cfg.train.val_batch_size, False, cfg.data.num_workers, cfg.train.seed)
 
         net = build_net(cfg.net)
-        engines = build_engines(cfg, net, train_loader, val_loader, out_dir / "checkpoints")
+        net, load_report = prepare_net(net, cfg.net, cfg.tracking.tracking_uri if cfg.tracking.enabled else None)
+        if load_report is not None:
+            logger.info("%s", load_report.summary())
+            (out_dir / "pretrained_report.json").write_text(json.dumps(load_report.to_dict(), indent=1))
+            tracker.log_artifact(out_dir / "pretrained_report.json")
+            tracker.log_metrics({"pretrained_loaded_fraction":
+                                 load_report.n_loaded_values / max(load_report.n_net_values, 1)})
+        engines = build_engines(cfg, net, train_loader, val_loader, out_dir / "checkpoints",
+                                class_weights=data.class_weights)
         tracker.attach(engines)
-        logger.info("training %s: %d train / %d val cases, %d epochs on %s", cfg.name, len(train_cases),
-                    len(val_cases), cfg.train.max_epochs, engines.device)
+        logger.info("training %s: %d train / %d val cases, %d epochs on %s", cfg.name, len(data.train),
+                    len(data.val), cfg.train.max_epochs, engines.device)
         engines.trainer.run()
         train_seconds = time.time() - t0
 
@@ -124,34 +210,185 @@ def run_pipeline(cfg: PipelineConfig) -> RunResult:
         if best is not None:
             state = torch.load(best, map_location=engines.device, weights_only=True)
             engines.net.load_state_dict(state.get("net", state))
-        final_eval = build_evaluator(cfg, engines.net, val_loader, engines.device)
-        final_eval.run()
-        final = {f"best_val_{k}": float(v) for k, v in final_eval.state.metrics.items()}
-        final["best_epoch"] = float(_best_epoch(tracker.history, cfg.metrics.key_metric))
-        final["train_seconds"] = train_seconds
-
-        inferer = build_inferer(cfg.infer)
+        final: Dict[str, float] = {}
         predictions: Dict[str, List[Dict]] = {}
-        for split in cfg.infer.splits:
-            split_cases_ = val_cases if split == "val" else test_cases
-            if not split_cases_:
-                continue
-            predictions[split] = predict_cases(
-                engines.net, split_cases_, infer_tf, inferer, engines.device, out_dir / "predictions" / split,
-                cfg.net.out_channels, cfg.infer.output_format, cfg.infer.save_probabilities, progress)
-        final["total_seconds"] = time.time() - t0
-        tracker.log_metrics(final)
-        (out_dir / "metrics.json").write_text(json.dumps({"final": final, "history": tracker.history}, indent=1))
-
-        plots = out_dir / "plots"
-        plot_history(tracker.history, plots / "training_curves.png", title=cfg.name)
-        if predictions.get("val"):
-            plot_overlays(predictions["val"], plots / "val_overlays.png")
-        for p in ("metrics.json", "plots", "predictions"):
-            tracker.log_artifact(out_dir / p, None if p == "metrics.json" else p)
+        if cfg.task == "segmentation":
+            _finish_segmentation(cfg, engines, val_loader, data, infer_tf, out_dir, tracker, final, predictions,
+                                 train_seconds, t0)
+        else:
+            test_loader = None
+            if data.test:
+                test_ds = build_dataset(data.test, val_tf, cfg.data, cache_dir / "test", progress)
+                test_loader = build_loader(test_ds, cfg.train.val_batch_size, False, cfg.data.num_workers,
+                                           cfg.train.seed)
+            _finish_classification(cfg, engines, val_loader, test_loader, data, out_dir, tracker, final,
+                                   train_seconds, t0)
         model_uri = tracker.log_model(engines.net)
     return RunResult(out_dir, final, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None,
                      model_uri, predictions, time.time() - t0)
+
+
+def _finish_segmentation(cfg, engines, val_loader, data: _Data, infer_tf, out_dir: Path, tracker, final: Dict,
+                         predictions: Dict, train_seconds: float, t0: float) -> None:
+    """Re-evaluate the best checkpoint on validation, predict masks, write metrics.json and plots."""
+    from medpipe.engine.trainer import build_evaluator
+    from medpipe.inference.predict import predict_cases
+    from medpipe.inference.sliding import build_inferer
+    from medpipe.plots import plot_history, plot_overlays
+
+    final_eval = build_evaluator(cfg, engines.net, val_loader, engines.device)
+    final_eval.run()
+    final.update({f"best_val_{k}": float(v) for k, v in final_eval.state.metrics.items()})
+    final["best_epoch"] = float(_best_epoch(tracker.history, cfg.metrics.key_metric))
+    final["train_seconds"] = train_seconds
+
+    inferer = build_inferer(cfg.infer)
+    for split in cfg.infer.splits:
+        split_cases_ = data.val if split == "val" else data.test
+        if not split_cases_:
+            continue
+        predictions[split] = predict_cases(
+            engines.net, split_cases_, infer_tf, inferer, engines.device, out_dir / "predictions" / split,
+            cfg.net.out_channels, cfg.infer.output_format, cfg.infer.save_probabilities, cfg.train.progress)
+    final["total_seconds"] = time.time() - t0
+    tracker.log_metrics(final)
+    (out_dir / "metrics.json").write_text(json.dumps({"final": final, "history": tracker.history}, indent=1))
+
+    plots = out_dir / "plots"
+    plot_history(tracker.history, plots / "training_curves.png", title=cfg.name)
+    if predictions.get("val"):
+        plot_overlays(predictions["val"], plots / "val_overlays.png")
+    for p in ("metrics.json", "plots", "predictions"):
+        tracker.log_artifact(out_dir / p, None if p == "metrics.json" else p)
+
+
+def _finish_classification(cfg, engines, val_loader, test_loader, data: _Data, out_dir: Path, tracker,
+                           final: Dict, train_seconds: float, t0: float) -> None:
+    """Evaluate the best checkpoint on val (threshold chosen there) and test; write metrics, report, plots."""
+    import numpy as np
+
+    from medpipe.engine.evaluation import evaluate_classifier, predict_classifier
+    from medpipe.engine.metrics import flat_classification_metrics
+    from medpipe.plots import plot_confusion, plot_learning_curves, plot_misclassified, plot_roc
+
+    amp = bool(cfg.train.amp and engines.device.type == "cuda")
+    splits = {"val": predict_classifier(engines.net, val_loader, engines.device, amp)}
+    if test_loader is not None:
+        splits["test"] = predict_classifier(engines.net, test_loader, engines.device, amp)
+    ev = evaluate_classifier(splits, data.classes, cfg.metrics.threshold)
+    for name in splits:
+        final.update(flat_classification_metrics(ev[name], "best_val_" if name == "val" else "test_"))
+    final["best_epoch"] = float(_best_epoch(tracker.history, cfg.metrics.key_metric))
+    final["epochs"] = float(engines.trainer.state.epoch)
+    final["train_seconds"] = train_seconds
+
+    pred_dir, plots = out_dir / "predictions", out_dir / "plots"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    thr = ev["threshold"]
+    for name, sp in splits.items():
+        preds = (sp.probs[:, 1] >= thr).astype(np.int64) if thr is not None else sp.probs.argmax(1)
+        _write_predictions(pred_dir / f"{name}.csv", sp, preds, data.classes)
+        plot_confusion(ev[name]["confusion_matrix"], data.classes, plots / f"confusion_{name}.png",
+                       title=f"{cfg.name}: {name} (n={len(sp.labels)})")
+        plot_misclassified(sp.images, sp.labels, preds, sp.probs, data.classes, plots / f"misclassified_{name}.png",
+                           cfg.report.max_misclassified, title=f"misclassified, {name}")
+    plot_learning_curves(tracker.history, plots / "learning_curves.png", cfg.metrics.key_metric, cfg.name)
+    plot_roc({n: (sp.labels, sp.probs) for n, sp in splits.items()}, data.classes, plots / "roc.png",
+             {n: thr for n in splits})
+    final["total_seconds"] = time.time() - t0
+    tracker.log_metrics(final)
+    doc = {"final": final, "classes": data.classes, "threshold": thr, "threshold_rule": ev["threshold_rule"],
+           "key_metric": cfg.metrics.key_metric, **{n: ev[n] for n in splits}, "history": tracker.history}
+    (out_dir / "metrics.json").write_text(json.dumps(_no_nan(doc), indent=1))
+    (out_dir / "report.md").write_text(_classification_report(cfg, data, ev, final, tracker.run_id))
+    for p in ("metrics.json", "report.md", "plots", "predictions"):
+        tracker.log_artifact(out_dir / p, p if p in ("plots", "predictions") else None)
+
+
+def _write_predictions(path: Path, sp, preds, classes: List[str]) -> None:
+    """One row per case: image, true and predicted class (index and name), class probabilities."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label", "label_name", "pred", "pred_name"] + [f"p_{c}" for c in classes])
+        for img, y, p, prob in zip(sp.images, sp.labels, preds, sp.probs):
+            w.writerow([img, int(y), classes[int(y)], int(p), classes[int(p)]] + [f"{v:.6f}" for v in prob])
+
+
+def _no_nan(x):
+    """NaN -> None, recursively (strict JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    if isinstance(x, float) and x != x:
+        return None
+    return x
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.1f} %"
+
+
+def _classification_report(cfg: PipelineConfig, data: _Data, ev: Dict, final: Dict, run_id: Optional[str]) -> str:
+    """The one-page ``report.md``: metrics (test, and val), threshold, confusion matrix, published anchor."""
+    from medpipe.data.datasets import class_counts
+
+    main = "test" if "test" in ev else "val"
+    res = ev[main]
+    binary = len(data.classes) == 2
+    thr = ev["threshold"]
+    lines = [f"# {cfg.name}: classification report", ""]
+    lines.append(f"Net `{cfg.net.name}`, {int(final['epochs'])} epochs, best epoch {int(final['best_epoch'])} "
+                 f"by validation `{cfg.metrics.key_metric}`; MLflow run `{run_id or 'not tracked'}`; "
+                 f"training {final['train_seconds'] / 60:.1f} min.")
+    lines.append("")
+    lines.append("| split | cases | " + " | ".join(data.classes) + " |")
+    lines.append("|---|---|" + "---|" * len(data.classes))
+    for name, part in (("train", data.train), ("val", data.val), ("test", data.test)):
+        counts = class_counts(part, len(data.classes)).tolist()
+        lines.append(f"| {name} | {len(part)} | " + " | ".join(map(str, counts)) + " |")
+    lines.append("")
+    if binary:
+        lines.append(f"Operating threshold on P({data.classes[1]}): **{thr:.4f}** ({ev['threshold_rule']}"
+                     f"{', chosen on the validation split' if ev['threshold_rule'] == 'youden' else ''}). "
+                     f"Positive class: {data.classes[1]}.")
+    else:
+        lines.append("Prediction: the most probable class (argmax); sensitivity, specificity, precision and F1 are "
+                     "macro means over classes.")
+    if main == "val":
+        lines.append("")
+        lines.append("**No held-out test split**: the numbers below are on the validation split, which selected "
+                     "the checkpoint, and are optimistic.")
+    lines += ["", f"## Metrics ({main}, n={res['num_samples']})", ""]
+    cols = [main] + (["val"] if main == "test" else [])
+    lines.append("| metric | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    keys = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy")]
+    if binary:
+        keys += [("sensitivity (recall)", "sensitivity"), ("specificity", "specificity"),
+                 ("precision (PPV)", "precision"), ("F1", "f1"), ("ROC AUC", "roc_auc")]
+    else:
+        keys += [("macro sensitivity", "macro_sensitivity"), ("macro specificity", "macro_specificity"),
+                 ("macro precision", "macro_precision"), ("macro F1", "macro_f1"),
+                 ("ROC AUC (one-vs-rest macro)", "macro_roc_auc")]
+    for label, key in keys:
+        lines.append(f"| {label} | " + " | ".join(_fmt(ev[c][key]) for c in cols) + " |")
+    lines += ["", f"Per class ({main}):", "", "| class | support | sensitivity | specificity | precision | F1 | AUC |",
+              "|---|---|---|---|---|---|---|"]
+    for name, v in res["per_class"].items():
+        lines.append(f"| {name} | {v['support']} | {_fmt(v['sensitivity'])} | {_fmt(v['specificity'])} | "
+                     f"{_fmt(v['precision'])} | {_fmt(v['f1'])} | {_fmt(v['roc_auc'])} |")
+    lines += ["", f"## Confusion matrix ({main}; rows = true, columns = predicted)", "",
+              "| true \\ predicted | " + " | ".join(data.classes) + " |", "|---|" + "---|" * len(data.classes)]
+    for name, row in zip(data.classes, res["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(map(str, row)) + " |")
+    lines += ["", "## Published anchor", ""]
+    lines.append(f"> {cfg.report.anchor}" if cfg.report.anchor else "(none given: set `report.anchor` in the YAML)")
+    lines += ["", "Plots: `plots/learning_curves.png`, `plots/roc.png`, `plots/confusion_<split>.png`, "
+              "`plots/misclassified_<split>.png`; per-case probabilities: `predictions/<split>.csv`.", ""]
+    return "\n".join(lines)
 
 
 def _best_epoch(history: Dict[str, list], key: str) -> int:

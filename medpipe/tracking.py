@@ -174,8 +174,10 @@ class Tracker:
         def _train_epoch(engine):
             rec = {"epoch": engine.state.epoch, "train_loss": engine.state.metrics["train_loss"],
                    "lr": engine.state.metrics["lr"]}
+            if "train_accuracy" in engine.state.metrics:  # classification
+                rec["train_accuracy"] = engine.state.metrics["train_accuracy"]
             self.history["train"].append(rec)
-            self.log_metrics({"train_loss": rec["train_loss"], "lr": rec["lr"]}, step=rec["epoch"])
+            self.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
 
         @evaluator.on(Events.EPOCH_COMPLETED)
         def _val_epoch(engine):
@@ -203,3 +205,99 @@ def env_summary() -> Dict[str, str]:
     except ImportError:
         pass
     return out
+
+
+def load_model_state_dict(uri: str, tracking_uri: Optional[str] = None) -> Dict[str, Any]:
+    """The state dict of a PyTorch model logged to MLflow, for transfer learning.
+
+    Args:
+        uri: an MLflow model URI, e.g. ``runs:/<run_id>/model`` (as returned by :meth:`Tracker.log_model`),
+            ``models:/<name>/<version>``, ``models:/<name>@<alias>``, or a local MLflow model folder.
+        tracking_uri: tracking (and registry) URI to resolve ``runs:/`` / ``models:/`` against, e.g.
+            ``sqlite:///mlflow.db``; default MLflow's current one (``MLFLOW_TRACKING_URI``). The global
+            tracking URI is restored afterwards.
+
+    Returns:
+        ``model.state_dict()`` of ``mlflow.pytorch.load_model(uri)`` (tensors on CPU).
+
+    Raises:
+        mlflow.exceptions.MlflowException: the run, model or artifact does not exist (re-raised with the URI and
+            tracking URI in the message).
+
+    Note:
+        ``mlflow.pytorch.load_model`` unpickles the model (its class must be importable): load models only from
+        tracking servers you trust.
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if tracking_uri else None
+    try:
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except MlflowException as err:
+        raise MlflowException(
+            f"cannot load MLflow model {uri!r} (tracking URI {tracking_uri or mlflow.get_tracking_uri()}): "
+            f"{err.message}"
+        ) from err
+    finally:
+        if previous is not None:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+    logger.info("loaded MLflow model %s (%s)", uri, type(model).__name__)
+    return model.state_dict()
+
+
+def fetch_model_run(uri: str, dst: Path, tracking_uri: Optional[str] = None,
+                    files: tuple = ("config.resolved.yaml", "metrics.json")) -> Dict[str, Any]:
+    """The run behind a logged model: its id, some of its artifacts (downloaded), and the model's state dict.
+
+    Used by :mod:`medpipe.serve` and :mod:`medpipe.export` to rebuild a network with the pipeline it was
+    trained with.
+
+    Args:
+        uri: ``runs:/<run_id>/<name>``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
+        dst: folder the artifacts are downloaded into (created).
+        tracking_uri: tracking and registry URI, e.g. ``sqlite:///mlflow.db``; default MLflow's current one.
+        files: run artifacts to download (a missing one is reported as ``None``).
+
+    Returns:
+        ``{"run_id": str, "files": {name: Path | None}, "state_dict": dict}``.
+
+    Raises:
+        mlflow.exceptions.MlflowException: the model or its run cannot be resolved (the message names the URI and
+            the tracking URI).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if tracking_uri else None
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+        try:
+            run_id = mlflow.models.get_model_info(uri).run_id
+        except MlflowException as err:
+            raise MlflowException(f"cannot resolve MLflow model {uri!r} (tracking URI "
+                                  f"{tracking_uri or mlflow.get_tracking_uri()}): {err.message}") from err
+        if not run_id:
+            raise MlflowException(f"MLflow model {uri!r} has no source run; medpipe needs the run's "
+                                  "config.resolved.yaml")
+        found: Dict[str, Optional[Path]] = {}
+        for name in files:
+            try:
+                found[name] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
+                                                                       dst_path=str(dst)))
+            except (MlflowException, OSError):
+                found[name] = None
+    finally:
+        if previous is not None:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+    return {"run_id": run_id, "files": found, "state_dict": load_model_state_dict(uri, tracking_uri)}

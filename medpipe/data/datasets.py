@@ -1,7 +1,10 @@
 """Case discovery, splits, integrity checks and MONAI datasets/loaders.
 
-A *case* is a dict ``{"image": path, "label": path}`` (``label`` absent for unlabelled images), the input
-format of MONAI dictionary transforms and datasets.
+A *case* is a dict, the input format of MONAI dictionary transforms and datasets:
+
+* segmentation: ``{"image": path, "label": path}`` (``label`` absent for unlabelled images);
+* classification: ``{"image": path, "label": int class index}``, plus ``"group"`` (patient id, str) when
+  ``data.group_column`` is set and ``"split"`` (``train``/``val``/``test``) when the data defines splits.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "DataError",
+    "discover_classification_cases",
+    "split_classification_cases",
+    "class_counts",
+    "balanced_class_weights",
+    "inverse_frequency_weights",
 ]
 
 _EXTS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".pgm", ".bmp", ".npy", ".mha", ".nrrd")
@@ -239,7 +247,9 @@ def image_shape(path: str) -> Tuple[int, ...]:
 
 
 def verify_cases(cases: Sequence[Dict[str, str]], on_bad_image: str = "error") -> Tuple[List[Dict], List[Dict]]:
-    """Read every image and label once; check readability and that image and label sizes match.
+    """Read every image and label image once; check readability and that image and label sizes match.
+
+    Classification cases (``label`` an int class index) have only their image read.
 
     Args:
         cases: cases to check.
@@ -255,7 +265,7 @@ def verify_cases(cases: Sequence[Dict[str, str]], on_bad_image: str = "error") -
     for case in cases:
         try:
             shape = image_shape(case["image"])
-            if "label" in case:
+            if isinstance(case.get("label"), str):  # a label image (segmentation); class indices need no check
                 lshape = image_shape(case["label"])
                 if shape and lshape and shape != lshape:
                     raise DataError(
@@ -274,11 +284,15 @@ def verify_cases(cases: Sequence[Dict[str, str]], on_bad_image: str = "error") -
 
 
 def manifest_hash(cases: Sequence[Dict[str, str]]) -> str:
-    """SHA-256 over the cases' relative names, sizes and contents' first/last 64 KiB (a dataset fingerprint)."""
+    """SHA-256 over the cases' relative names, sizes and contents' first/last 64 KiB (a dataset fingerprint);
+    class indices, groups and split names enter as their values."""
     h = hashlib.sha256()
     for case in sorted(cases, key=lambda c: c["image"]):
         for key in sorted(case):
             path = case[key]
+            if not isinstance(path, str) or key in ("group", "split"):  # class index, patient id, split name
+                h.update(f"{key}={path}".encode())
+                continue
             h.update(f"{key}={os.path.basename(path)}:{os.path.getsize(path) if os.path.isfile(path) else 0}".encode())
             if os.path.isfile(path):
                 with open(path, "rb") as fh:
@@ -308,12 +322,293 @@ def build_dataset(cases: Sequence[Dict], transform, data_cfg, cache_dir: Optiona
     return md.Dataset(list(cases), transform)
 
 
-def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0):
-    """``monai.data.DataLoader`` (seeded worker RNG, MONAI collation of meta-tensors)."""
+def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0,
+                 sample_weights: Optional[Sequence[float]] = None, drop_last: bool = False):
+    """``monai.data.DataLoader`` (seeded worker RNG, MONAI collation of meta-tensors).
+
+    Args:
+        dataset: a MONAI/torch dataset.
+        batch_size: samples per batch.
+        shuffle: reshuffle every epoch (ignored with ``sample_weights``).
+        num_workers: worker processes.
+        seed: seed of the loader's generator (shuffling, sampling, workers' seeds).
+        sample_weights: one weight per sample: draw ``len(dataset)`` samples per epoch with replacement with
+            these probabilities (``torch.utils.data.WeightedRandomSampler``), e.g. from
+            :func:`inverse_frequency_weights`.
+        drop_last: drop a last incomplete batch (a batch of one breaks batch norm in training).
+    """
     import torch
     import monai.data as md
 
     gen = torch.Generator()
     gen.manual_seed(seed)
-    return md.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=gen,
-                         persistent_workers=num_workers > 0)
+    sampler = None
+    if sample_weights is not None:
+        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double),
+                                                         num_samples=len(dataset), replacement=True,
+                                                         generator=gen)
+        shuffle = False
+    return md.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                         num_workers=num_workers, generator=gen, persistent_workers=num_workers > 0,
+                         drop_last=drop_last)
+
+
+# ------------------------------------------------------------------------------------------- classification
+def _read_rows(path: Path) -> Tuple[List[Tuple[int, Dict]], List[str]]:
+    """Rows of a CSV (with their 1-based file line) or JSON list file, and the column names found."""
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataError(f"{path}: expected a JSON list of objects like {{\"image\": ..., \"label\": ...}}")
+        columns = sorted({k for r in rows for k in r})
+        return [(i + 1, r) for i, r in enumerate(rows)], columns
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = [(reader.line_num, dict(r)) for r in reader]
+        columns = list(reader.fieldnames or [])
+    return rows, columns
+
+
+def discover_classification_cases(data_cfg) -> Tuple[List[Dict], List[str]]:
+    """Labelled classification cases from ``data.list_file`` (CSV/JSON) or an ``data.images`` glob.
+
+    * ``list_file``: paths in ``data.image_column`` (relative to ``data.root``), class names in
+      ``data.label_column``, optional predefined split names in ``data.split_column`` (mapped through
+      ``data.split.column_values``; rows mapped to ``drop`` are left out) and patient ids in
+      ``data.group_column``.
+    * ``images`` with ``class_from: folder``: the class is each file's parent folder name
+      (``train/NORMAL/x.jpeg`` -> ``NORMAL``); files matching ``data.test_images`` form the test split.
+
+    Class indices follow ``data.classes`` when given (index = position), else the sorted class names found.
+
+    Returns:
+        ``(cases, class_names)``: cases ``{"image": abs path, "label": int[, "group": str][, "split": str]}``
+        sorted by image path, and the class names in index order.
+
+    Raises:
+        DataError: a missing list file or column (names the columns found), an empty image or label cell, a class
+            not in ``data.classes`` or a split value not in ``split.column_values`` (both name the file, line,
+            image and value), fewer than two classes, or no files matching a glob.
+    """
+    from medpipe.registry import did_you_mean
+
+    root = resolve_root(data_cfg.root)
+    raw: List[Dict] = []
+    if data_cfg.list_file is not None:
+        path = Path(data_cfg.list_file) if os.path.isabs(data_cfg.list_file) else root / data_cfg.list_file
+        if not path.is_file():
+            raise DataError(f"data.list_file {path} not found")
+        rows, columns = _read_rows(path)
+        wanted = {"image_column": data_cfg.image_column, "label_column": data_cfg.label_column,
+                  "split_column": data_cfg.split_column, "group_column": data_cfg.group_column}
+        for field, col in wanted.items():
+            if col is not None and col not in columns:
+                raise DataError(f"{path}: no column {col!r} (data.{field}); columns found: {', '.join(columns)}."
+                                + did_you_mean(col, columns))
+        mapping = data_cfg.split.column_values
+        for line, row in rows:
+            where = f"{path}, line {line}"
+            image, label = str(row.get(data_cfg.image_column) or "").strip(), row.get(data_cfg.label_column)
+            if not image:
+                raise DataError(f"{where}: empty {data_cfg.image_column!r}")
+            if label is None or str(label).strip() == "":
+                raise DataError(f"{where}: image {image} has an empty {data_cfg.label_column!r}")
+            case = {"image": str(root / image), "class": str(label).strip(), "where": where}
+            if data_cfg.group_column is not None:
+                case["group"] = str(row.get(data_cfg.group_column) or "").strip()
+                if not case["group"]:
+                    raise DataError(f"{where}: image {image} has an empty {data_cfg.group_column!r}")
+            if data_cfg.split_column is not None:
+                value = str(row.get(data_cfg.split_column) or "").strip()
+                if value not in mapping:
+                    raise DataError(
+                        f"{where}: {data_cfg.split_column} {value!r} of {image} is not a known split; expected one "
+                        f"of {', '.join(mapping)}. Map it in data.split.column_values, e.g. {{{value}: test}} or "
+                        f"{{{value}: drop}}")
+                if mapping[value] == "drop":
+                    continue
+                case["split"] = mapping[value]
+            raw.append(case)
+    else:
+        for pattern, split in ((data_cfg.images, None), (data_cfg.test_images, "test")):
+            if pattern is None:
+                continue
+            for f in discover_images(root, pattern):
+                case = {"image": f, "class": Path(f).parent.name, "where": f}
+                if data_cfg.test_images is not None:
+                    case["split"] = split or "train"
+                raw.append(case)
+        seen: Dict[str, str] = {}
+        for c in raw:
+            if c["image"] in seen and seen[c["image"]] != c.get("split"):
+                raise DataError(f"{c['image']} matches both data.images and data.test_images")
+            seen[c["image"]] = c.get("split")
+    if not raw:
+        raise DataError(f"no cases found under {root} (all rows dropped by data.split.column_values?)")
+
+    found = sorted({c["class"] for c in raw})
+    classes = list(data_cfg.classes) if data_cfg.classes is not None else found
+    index = {name: i for i, name in enumerate(classes)}
+    for c in raw:
+        if c["class"] not in index:
+            raise DataError(f"{c['where']}: class {c['class']!r} of {c['image']} is not in data.classes "
+                            f"{classes}." + did_you_mean(c["class"], classes))
+    if len(classes) < 2:
+        raise DataError(f"only one class {classes} found under {root}; classification needs at least two "
+                        "(check data.label_column / class_from)")
+    missing = [name for name in classes if name not in found]
+    if missing:
+        logger.warning("data.classes %s have no image in the data", missing)
+    cases = []
+    for c in sorted(raw, key=lambda c: c["image"]):
+        case = {"image": c["image"], "label": index[c["class"]]}
+        for key in ("group", "split"):
+            if key in c:
+                case[key] = c[key]
+        cases.append(case)
+    return cases, classes
+
+
+def _labels(cases: Sequence[Dict]) -> np.ndarray:
+    return np.array([int(c["label"]) for c in cases], dtype=np.int64)
+
+
+def _groups(cases: Sequence[Dict]) -> Optional[np.ndarray]:
+    if cases and all("group" in c for c in cases):
+        return np.array([c["group"] for c in cases])
+    return None
+
+
+def _holdout(cases: List[Dict], fraction: float, stratify: bool, seed: int, what: str) -> Tuple[List, List]:
+    """Split off about ``fraction`` of ``cases`` (stratified by label, grouped by ``group`` when present)."""
+    from sklearn import model_selection as ms
+
+    y, groups = _labels(cases), _groups(cases)
+    idx = np.arange(len(cases))
+    try:
+        if groups is not None:
+            n_splits = max(2, int(round(1.0 / fraction)))
+            n_groups = len(set(groups.tolist()))
+            if n_groups < n_splits:
+                raise DataError(f"{what}: {n_groups} groups (patients) cannot be split {fraction:g} / "
+                                f"{1 - fraction:g} by group; need at least {n_splits}")
+            splitter = (ms.StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed) if stratify
+                        else ms.GroupKFold(n_splits, shuffle=True, random_state=seed))
+            keep, held = next(splitter.split(idx, y, groups))
+        else:
+            splitter = (ms.StratifiedShuffleSplit(1, test_size=fraction, random_state=seed) if stratify
+                        else ms.ShuffleSplit(1, test_size=fraction, random_state=seed))
+            keep, held = next(splitter.split(idx, y))
+    except ValueError as exc:
+        raise DataError(f"{what}: cannot split {len(cases)} cases ({exc})") from None
+    return [cases[i] for i in sorted(keep)], [cases[i] for i in sorted(held)]
+
+
+def _kfold(cases: List[Dict], k: int, fold: int, stratify: bool, seed: int) -> Tuple[List, List]:
+    from sklearn import model_selection as ms
+
+    y, groups = _labels(cases), _groups(cases)
+    idx = np.arange(len(cases))
+    try:
+        if groups is not None:
+            splitter = (ms.StratifiedGroupKFold(k, shuffle=True, random_state=seed) if stratify
+                        else ms.GroupKFold(k, shuffle=True, random_state=seed))
+            folds = list(splitter.split(idx, y, groups))
+        else:
+            splitter = (ms.StratifiedKFold(k, shuffle=True, random_state=seed) if stratify
+                        else ms.KFold(k, shuffle=True, random_state=seed))
+            folds = list(splitter.split(idx, y))
+    except ValueError as exc:
+        raise DataError(f"data.split.kfold={k}: cannot split {len(cases)} cases ({exc})") from None
+    keep, held = folds[fold]
+    return [cases[i] for i in sorted(keep)], [cases[i] for i in sorted(held)]
+
+
+def split_classification_cases(cases: Sequence[Dict], split_cfg) -> Tuple[List[Dict], List[Dict], List[Dict]]:
+    """Deterministic train / validation / test split of classification cases.
+
+    Order of decisions: cases with a predefined ``split`` go there; without a predefined test split,
+    ``test_fraction`` (if set) is held out of the training pool first; without a predefined val split, the
+    validation split comes from ``val`` (file names), ``kfold``/``fold`` or ``val_fraction`` of what remains.
+    Stratified by class (``stratify``) and grouped by ``group`` when the cases have one, via scikit-learn
+    (``StratifiedShuffleSplit``, ``StratifiedKFold``, ``StratifiedGroupKFold``) seeded by ``seed``; the cases
+    are sorted by image path first, so the result does not depend on their input order.
+
+    Args:
+        cases: from :func:`discover_classification_cases`.
+        split_cfg: :class:`medpipe.config.SplitConfig`.
+
+    Returns:
+        ``(train, val, test)`` case lists (``test`` may be empty), each sorted by image path.
+
+    Raises:
+        DataError: a split would be empty, a class cannot be stratified (too few cases), an explicit validation
+            file is unknown, or a group (patient) ends up in two splits (predefined splits included; the message
+            names the group and suggests mapping a split to ``drop``).
+    """
+    cases = sorted(cases, key=lambda c: c["image"])
+    pre: Dict[str, List[Dict]] = {"train": [], "val": [], "test": []}
+    for c in cases:
+        pre[c.get("split", "train")].append(c)
+    pool, val, test = pre["train"], pre["val"], pre["test"]
+    if not test and split_cfg.test_fraction is not None:
+        pool, test = _holdout(pool, split_cfg.test_fraction, split_cfg.stratify, split_cfg.seed,
+                              "data.split.test_fraction")
+    explicit = {"val", "val_fraction", "kfold"} & set(split_cfg.model_fields_set)
+    if val:
+        if explicit:
+            logger.warning("the data defines a validation split (%d cases); data.split.%s is not used",
+                           len(val), ", ".join(sorted(explicit)))
+    elif split_cfg.val is not None:
+        names = list(split_cfg.val)
+        unknown = [n for n in names if not any(c["image"].endswith(os.sep + n) or c["image"] == n for c in pool)]
+        if unknown:
+            raise DataError(f"data.split.val: {unknown[0]!r} is not among the {len(pool)} training-pool images")
+        val = [c for c in pool if any(c["image"].endswith(os.sep + n) or c["image"] == n for n in names)]
+        pool = [c for c in pool if c not in val]
+    elif split_cfg.kfold is not None:
+        pool, val = _kfold(pool, split_cfg.kfold, split_cfg.fold, split_cfg.stratify, split_cfg.seed)
+    else:
+        pool, val = _holdout(pool, split_cfg.val_fraction, split_cfg.stratify, split_cfg.seed,
+                             "data.split.val_fraction")
+    if not pool or not val:
+        raise DataError(f"split of {len(cases)} cases leaves {len(pool)} for training and {len(val)} for "
+                        "validation")
+    groups = {name: {c["group"] for c in part if "group" in c} for name, part in
+              (("train", pool), ("val", val), ("test", test))}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(groups[a] & groups[b])
+        if both:
+            raise DataError(
+                f"group(s) {both[:5]} are in both the {a} and the {b} split (data.group_column): the same patient "
+                f"must not be in two splits. If a predefined split causes this, map it to drop in "
+                f"data.split.column_values")
+    return pool, val, test
+
+
+def class_counts(cases: Sequence[Dict], num_classes: int) -> np.ndarray:
+    """Number of cases per class index, ``(num_classes,)`` int64."""
+    return np.bincount(_labels(cases), minlength=num_classes).astype(np.int64)
+
+
+def balanced_class_weights(cases: Sequence[Dict], class_names: Sequence[str]) -> List[float]:
+    """Loss weights ``n / (C * n_c)`` from the class counts ``n_c`` of ``cases`` (King & Zeng 2001, scikit-learn's
+    ``compute_class_weight("balanced")``): every class contributes equally to the weighted loss.
+
+    Raises:
+        DataError: a class has no case (its weight would be infinite); names the class.
+    """
+    counts = class_counts(cases, len(class_names))
+    empty = [class_names[i] for i, n in enumerate(counts) if n == 0]
+    if empty:
+        raise DataError(f"loss.class_weights: balanced: class(es) {empty} have no training case")
+    return [float(counts.sum() / (len(counts) * n)) for n in counts]
+
+
+def inverse_frequency_weights(cases: Sequence[Dict], num_classes: int) -> List[float]:
+    """Per-case sampling weights ``1 / n_{y_i}`` (each class drawn equally often by a weighted sampler)."""
+    counts = class_counts(cases, num_classes)
+    return [1.0 / float(counts[int(c["label"])]) for c in cases]

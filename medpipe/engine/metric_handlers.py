@@ -1,8 +1,16 @@
-"""Segmentation metrics as MONAI cumulative metrics and ignite handlers for ``SupervisedEvaluator``.
+"""Validation metrics as MONAI cumulative metrics and ignite handlers for ``SupervisedEvaluator``.
 
-Dice is MONAI's ``MeanDice``; pixel accuracy, V-Rand and V-Info wrap the per-image numpy functions of
-:mod:`medpipe.engine.metrics` in ``monai.metrics.CumulativeIterationMetric`` so that MONAI's
+Segmentation: Dice is MONAI's ``MeanDice``; pixel accuracy, V-Rand and V-Info wrap the per-image numpy functions
+of :mod:`medpipe.engine.metrics` in ``monai.metrics.CumulativeIterationMetric`` so that MONAI's
 ``IgniteMetricHandler`` accumulates them (and reduces them across processes) like its own metrics.
+
+Classification: :class:`ClassificationMetric` buffers every case's class probabilities and label and computes the
+named metric over the whole split with :func:`medpipe.engine.metrics.classification_metrics`, the function the
+final evaluation uses, so per-epoch and final numbers share one definition. (MONAI's ``ConfusionMatrixMetric``
+"balanced accuracy" is the mean over classes of ``(sensitivity + specificity) / 2``, which differs from the
+multiclass balanced accuracy, the mean recall, of Brodersen et al. 2010 and scikit-learn; the tests check that our
+AUC and per-class sensitivity / specificity / precision equal MONAI's ``compute_roc_auc`` and
+``ConfusionMatrixMetric``.)
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from monai.metrics import CumulativeIterationMetric
 
 from medpipe.engine import metrics as M
 
-__all__ = ["PerImageMetric", "build_seg_metric_handlers"]
+__all__ = ["PerImageMetric", "build_seg_metric_handlers", "ClassificationMetric", "build_cls_metric_handlers"]
 
 
 def _to_index(x: torch.Tensor) -> np.ndarray:
@@ -97,5 +105,77 @@ def build_seg_metric_handlers(names, key_metric: str):
             handlers[name] = MeanDice(include_background=False, output_transform=out)
         else:
             handlers[name] = IgniteMetricHandler(metric_fn=PerImageMetric(_PER_IMAGE[name]), output_transform=out)
+    key = {key_metric: handlers.pop(key_metric)}
+    return key, handlers
+
+
+_cls_last: Dict[str, object] = {"data": None, "result": None}
+
+
+def _cls_result(data: np.ndarray, num_classes: int) -> dict:
+    """``classification_metrics`` of an ``(N, C + 1)`` buffer (probabilities, label), computed once per buffer
+    and shared by the handlers of one validation run."""
+    last = _cls_last["data"]
+    if not (isinstance(last, np.ndarray) and last.shape == data.shape and np.array_equal(last, data)):
+        probs, labels = data[:, :num_classes], data[:, num_classes].astype(np.int64)
+        _cls_last.update(data=data, result=M.classification_metrics(labels, probs))
+    return _cls_last["result"]  # type: ignore[return-value]
+
+
+class ClassificationMetric(CumulativeIterationMetric):
+    """One classification metric over all cases seen, for ``IgniteMetricHandler``.
+
+    Args:
+        name: a :class:`medpipe.config.MetricsConfig` classification metric (``accuracy``, ``balanced_accuracy``,
+            ``auc``, ``sensitivity``, ``specificity``, ``precision``, ``f1``; see
+            :func:`medpipe.engine.metrics.select_metric`) or ``loss``: the mean unweighted cross-entropy
+            ``-log p(true class)`` (probabilities clipped at 1e-12).
+        num_classes: ``C``.
+
+    ``y_pred``: ``(B, C)`` class probabilities (after softmax); ``y``: ``(B,)`` or ``(B, 1)`` class indices.
+    Binary predictions use threshold 0.5. ``aggregate()`` returns a 0-d float64 tensor.
+    """
+
+    def __init__(self, name: str, num_classes: int):
+        super().__init__()
+        self.name = name
+        self.num_classes = int(num_classes)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y_pred = y_pred.detach().float().reshape(y_pred.shape[0], -1)
+        if y_pred.shape[1] != self.num_classes:
+            raise ValueError(f"ClassificationMetric: expected predictions (B, {self.num_classes}), got "
+                             f"{tuple(y_pred.shape)}")
+        y = torch.as_tensor(y).detach().reshape(y_pred.shape[0], -1)[:, :1].to(y_pred)
+        return torch.cat([y_pred.cpu(), y.cpu()], dim=1)  # (B, C + 1)
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        data = self.get_buffer()
+        if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
+            return torch.tensor(float("nan"))
+        data = torch.as_tensor(data, dtype=torch.float64).cpu().numpy()
+        if self.name == "loss":
+            probs, labels = data[:, : self.num_classes], data[:, self.num_classes].astype(np.int64)
+            p_true = probs[np.arange(len(labels)), labels]
+            return torch.tensor(float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean()), dtype=torch.float64)
+        return torch.tensor(M.select_metric(_cls_result(data, self.num_classes), self.name), dtype=torch.float64)
+
+
+def build_cls_metric_handlers(names, key_metric: str, num_classes: int):
+    """Ignite metric handlers for a classification ``SupervisedEvaluator``.
+
+    Args:
+        names: classification metric names from :class:`medpipe.config.MetricsConfig`.
+        key_metric: the name selecting the best checkpoint.
+        num_classes: number of classes.
+
+    Returns:
+        ``(key_val_metric, additional_metrics)``; the additional metrics always include ``loss`` (validation
+        cross-entropy). They read ``pred`` (softmax probabilities) and ``label`` (class index) from the engine
+        output.
+    """
+    out = from_engine(["pred", "label"])
+    handlers = {name: IgniteMetricHandler(metric_fn=ClassificationMetric(name, num_classes), output_transform=out)
+                for name in list(names) + ["loss"]}
     key = {key_metric: handlers.pop(key_metric)}
     return key, handlers

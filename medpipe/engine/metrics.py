@@ -37,6 +37,8 @@ __all__ = [
     "confusion_matrix",
     "classification_metrics",
     "youden_threshold",
+    "select_metric",
+    "flat_classification_metrics",
 ]
 
 _PRED_BACKGROUND_MODES = ("singletons", "segment")
@@ -467,6 +469,10 @@ def classification_metrics(
     )
     neg = tn + fp
     specificity = np.where(neg > 0, tn / np.maximum(neg, 1), 0.0)
+    never = [names[c] for c in range(num_classes) if tp[c] + fp[c] == 0]
+    if never:
+        logger.warning("classification_metrics: class(es) %s never predicted; their precision is set to 0 "
+                       "(sklearn zero_division=0)", never)
 
     aucs = []
     for c, name in enumerate(names):
@@ -557,3 +563,49 @@ def youden_threshold(y_true: Any, prob_positive: Any) -> float:
     finite = np.isfinite(thresholds)
     j = np.where(finite, tpr - fpr, -np.inf)
     return float(thresholds[int(np.argmax(j))])
+
+
+_MACRO = {"sensitivity": "macro_sensitivity", "specificity": "macro_specificity", "precision": "macro_precision",
+          "f1": "macro_f1"}
+
+
+def select_metric(result: dict[str, Any], name: str) -> float:
+    """One configured metric (:class:`medpipe.config.MetricsConfig` name) from a :func:`classification_metrics`
+    result: ``auc`` is ``roc_auc``; with two classes ``sensitivity``/``specificity``/``precision``/``f1`` are
+    those of the positive class (index 1), with more classes their macro means.
+
+    Raises:
+        KeyError: unknown ``name``.
+    """
+    if name == "auc":
+        return float(result["roc_auc"])
+    if name in _MACRO and result["num_classes"] != 2:
+        return float(result[_MACRO[name]])
+    return float(result[name])
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in str(name))
+
+
+def flat_classification_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten a :func:`classification_metrics` result to ``{prefix + name: float}`` for MLflow.
+
+    Keys: ``accuracy``, ``balanced_accuracy``, ``auc`` (= ``roc_auc``), ``macro_auc``, ``macro_sensitivity``,
+    ``macro_specificity``, ``macro_precision``, ``macro_f1``, with two classes ``sensitivity``, ``specificity``,
+    ``precision``, ``f1`` and ``threshold``, and per class ``<class>_sensitivity``, ``_specificity``,
+    ``_precision``, ``_f1``, ``_auc`` (class names reduced to letters, digits, ``_-.``). NaN values are kept
+    (the tracker skips them).
+    """
+    out = {"accuracy": result["accuracy"], "balanced_accuracy": result["balanced_accuracy"],
+           "auc": result["roc_auc"], "macro_auc": result["macro_roc_auc"]}
+    for k in _MACRO.values():
+        out[k] = result[k]
+    if result["num_classes"] == 2:
+        for k in ("sensitivity", "specificity", "precision", "f1", "threshold"):
+            out[k] = result[k]
+    for cls, vals in result["per_class"].items():
+        for k in ("sensitivity", "specificity", "precision", "f1"):
+            out[f"{_safe_name(cls)}_{k}"] = vals[k]
+        out[f"{_safe_name(cls)}_auc"] = vals["roc_auc"]
+    return {prefix + k: float(v) for k, v in out.items()}

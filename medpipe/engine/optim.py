@@ -30,16 +30,27 @@ class IndexCrossEntropyLoss(nn.Module):
         return self.ce(logits, label.long())
 
 
-def build_loss(cfg) -> nn.Module:
+def build_loss(cfg, class_weights=None) -> nn.Module:
     """Loss module from :class:`medpipe.config.LossConfig`.
 
-    All losses take logits ``(B, C, ...)`` and class-index labels ``(B, 1, ...)``. ``dice_ce`` is MONAI
-    ``DiceCELoss(to_onehot_y=True, softmax=True)`` (Milletari et al. 2016 soft Dice + cross-entropy), ``dice``
-    is MONAI ``DiceLoss`` with the same settings.
+    All losses take logits ``(B, C, ...)`` and class-index labels ``(B, 1, ...)`` (classification: logits
+    ``(B, C)``, labels ``(B,)``). ``dice_ce`` is MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` (Milletari
+    et al. 2016 soft Dice + cross-entropy), ``dice`` is MONAI ``DiceLoss`` with the same settings.
+
+    Args:
+        cfg: the loss config.
+        class_weights: per-class weights that replace ``cfg.class_weights`` (e.g. ``balanced`` weights computed
+            from the training split by :func:`medpipe.data.datasets.balanced_class_weights`).
+
+    Raises:
+        ValueError: ``cfg.class_weights`` is ``balanced`` and no computed ``class_weights`` were given.
     """
     from monai.losses import DiceCELoss, DiceLoss
 
-    weight = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
+    if class_weights is None and cfg.class_weights == "balanced":
+        raise ValueError("loss.class_weights: balanced needs the weights computed from the training split")
+    weights = class_weights if class_weights is not None else cfg.class_weights
+    weight = torch.tensor(weights, dtype=torch.float32) if weights else None
     if cfg.name == "dice_ce":
         return DiceCELoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background,
                           lambda_dice=cfg.lambda_dice, lambda_ce=cfg.lambda_ce, weight=weight,

@@ -27,7 +27,7 @@ from monai.handlers import (
 )
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
-from medpipe.engine.metric_handlers import build_seg_metric_handlers
+from medpipe.engine.metric_handlers import build_cls_metric_handlers, build_seg_metric_handlers
 from medpipe.engine.optim import build_loss, build_optimizer, build_scheduler
 from medpipe.inference.sliding import build_inferer
 
@@ -79,13 +79,15 @@ class Engines:
         return hits[-1] if hits else None
 
 
-def _attach_epoch_loss(trainer: SupervisedTrainer) -> None:
-    """Mean training loss over each epoch into ``trainer.state.metrics["train_loss"]`` (sample-weighted)."""
-    acc = {"sum": 0.0, "n": 0}
+def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False) -> None:
+    """Mean training loss over each epoch into ``trainer.state.metrics["train_loss"]`` (sample-weighted), and
+    with ``accuracy`` (classification) the fraction of training samples whose argmax logit is their label into
+    ``trainer.state.metrics["train_accuracy"]`` (measured on the augmented batches, while the weights change)."""
+    acc = {"sum": 0.0, "n": 0, "correct": 0, "seen": 0}
 
     @trainer.on(Events.EPOCH_STARTED)
     def _reset(_):
-        acc["sum"], acc["n"] = 0.0, 0
+        acc.update(sum=0.0, n=0, correct=0, seen=0)
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _add(engine):
@@ -94,11 +96,21 @@ def _attach_epoch_loss(trainer: SupervisedTrainer) -> None:
         n = len(out) if isinstance(out, list) else 1
         acc["sum"] += float(loss) * n
         acc["n"] += n
+        if accuracy:
+            items = out if isinstance(out, list) else [out]
+            for item in items:
+                pred = torch.as_tensor(item["pred"]).detach()
+                label = torch.as_tensor(item["label"]).detach().reshape(-1).long().cpu()
+                hit = pred.reshape(-1, pred.shape[-1]).argmax(-1).cpu() == label
+                acc["correct"] += int(hit.sum())
+                acc["seen"] += int(hit.numel())
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _store(engine):
         engine.state.metrics["train_loss"] = acc["sum"] / max(acc["n"], 1)
         engine.state.metrics["lr"] = engine.optimizer.param_groups[0]["lr"]
+        if accuracy:
+            engine.state.metrics["train_accuracy"] = acc["correct"] / max(acc["seen"], 1)
 
 
 def _attach_grad_clip(trainer: SupervisedTrainer, max_norm: float) -> None:
@@ -112,42 +124,61 @@ def _attach_grad_clip(trainer: SupervisedTrainer, max_norm: float) -> None:
 
 
 def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, handlers=()) -> SupervisedEvaluator:
-    """A ``SupervisedEvaluator`` for segmentation: sliding-window inference (``cfg.infer``), softmax, argmax,
-    one-hot, then the metrics of ``cfg.metrics``; results land in ``evaluator.state.metrics``.
+    """A ``SupervisedEvaluator`` computing the metrics of ``cfg.metrics`` into ``evaluator.state.metrics``.
+
+    Segmentation: sliding-window inference (``cfg.infer``), softmax, argmax, one-hot. Classification:
+    ``monai.inferers.SimpleInferer`` and softmax; the metrics (plus ``loss``, the validation cross-entropy) are
+    computed over the whole split by :class:`medpipe.engine.metric_handlers.ClassificationMetric`.
 
     Args:
         cfg: the validated pipeline config.
         net: the network (already on ``device``).
-        loader: batches ``{"image": (B, C, H, W), "label": (B, 1, H, W)}`` of full-size cases.
+        loader: segmentation: batches ``{"image": (B, C, H, W), "label": (B, 1, H, W)}`` of full-size cases;
+            classification: ``{"image": (B, C, H, W), "label": (B,)}`` int64 class indices.
         device: torch device.
         handlers: extra MONAI/ignite handlers to attach.
     """
-    num_classes = cfg.net.out_channels
-    post = Compose([
-        Activationsd(keys="pred", softmax=True),
-        AsDiscreted(keys="pred", argmax=True, to_onehot=num_classes),
-        AsDiscreted(keys="label", to_onehot=num_classes),
-    ])
-    key_metric, extra_metrics = build_seg_metric_handlers(cfg.metrics.names, cfg.metrics.key_metric)
     amp = bool(cfg.train.amp and device.type == "cuda")
+    if cfg.task == "classification":
+        from monai.inferers import SimpleInferer
+
+        post = Compose([Activationsd(keys="pred", softmax=True)])
+        key_metric, extra_metrics = build_cls_metric_handlers(cfg.metrics.names, cfg.metrics.key_metric,
+                                                              cfg.net.num_classes)
+        inferer = SimpleInferer()
+    else:
+        num_classes = cfg.net.out_channels
+        post = Compose([
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys="pred", argmax=True, to_onehot=num_classes),
+            AsDiscreted(keys="label", to_onehot=num_classes),
+        ])
+        key_metric, extra_metrics = build_seg_metric_handlers(cfg.metrics.names, cfg.metrics.key_metric)
+        inferer = build_inferer(cfg.infer)
     return SupervisedEvaluator(
-        device=device, val_data_loader=loader, network=net, inferer=build_inferer(cfg.infer),
+        device=device, val_data_loader=loader, network=net, inferer=inferer,
         postprocessing=post, key_val_metric=key_metric, additional_metrics=extra_metrics, amp=amp,
         val_handlers=list(handlers),
     )
 
 
-def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoint_dir: Path) -> Engines:
-    """Build trainer and evaluator for a segmentation pipeline.
+def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoint_dir: Path,
+                  class_weights=None) -> Engines:
+    """Build trainer and evaluator for a segmentation or classification pipeline.
 
     Args:
         cfg: the validated :class:`medpipe.config.PipelineConfig`.
         net: the network (moved to the device here).
-        train_loader: batches ``{"image": (B, C, *roi), "label": (B, 1, *roi)}``.
-        val_loader: full-size validation cases (batch size ``train.val_batch_size``), inferred with the
-            sliding window of ``cfg.infer``.
+        train_loader: segmentation: batches ``{"image": (B, C, *roi), "label": (B, 1, *roi)}``;
+            classification: ``{"image": (B, C, H, W), "label": (B,)}``.
+        val_loader: validation cases (batch size ``train.val_batch_size``); segmentation cases are full size
+            and inferred with the sliding window of ``cfg.infer``.
         checkpoint_dir: where ``best_*.pt`` (key metric) and ``latest_*.pt`` (every epoch) are written;
             each holds ``net``, ``optimizer``, ``trainer`` (and ``scheduler``) state dicts.
+        class_weights: computed per-class loss weights (``loss.class_weights: balanced``), else ``None``.
+
+    With ``train.freeze_backbone_epochs`` N > 0 the backbone is frozen for the first N epochs
+    (:func:`medpipe.engine.transfer.attach_freeze_schedule`); the optimizer covers all parameters throughout.
 
     Returns:
         :class:`Engines`.
@@ -160,7 +191,7 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
     net = net.to(device)
     optimizer = build_optimizer(cfg.optimizer, net.parameters())
     scheduler = build_scheduler(cfg.scheduler, optimizer, tc.max_epochs)
-    loss = build_loss(cfg.loss).to(device)
+    loss = build_loss(cfg.loss, class_weights).to(device)
     key = cfg.metrics.key_metric
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -171,7 +202,12 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
         device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=net,
         optimizer=optimizer, loss_function=loss, amp=amp,
     )
-    _attach_epoch_loss(trainer)  # first, so that every later handler sees this epoch's loss and lr
+    # first, so that every later handler sees this epoch's loss and lr
+    _attach_epoch_loss(trainer, accuracy=cfg.task == "classification")
+    if getattr(tc, "freeze_backbone_epochs", 0):
+        from medpipe.engine.transfer import attach_freeze_schedule
+
+        attach_freeze_schedule(trainer, net, tc.freeze_backbone_epochs)
     StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True), iteration_log=False,
                  name="medpipe.train").attach(trainer)
     ValidationHandler(validator=evaluator, interval=tc.val_interval, epoch_level=True).attach(trainer)

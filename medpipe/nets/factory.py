@@ -10,7 +10,7 @@ from medpipe.registry import Registry
 
 NETS: Registry = Registry("net")
 
-__all__ = ["NETS", "build_net"]
+__all__ = ["NETS", "build_net", "prepare_net"]
 
 
 def _fields(cfg, drop=("name",)):
@@ -30,11 +30,50 @@ def _basic_unet(cfg):
     return BasicUNet(**kw)
 
 
+_CLASSIFIER_EXTRA = ("name", "num_classes", "in_channels", "init", "pretrained", "pretrained_sha256")
+
+
+@NETS.register("densenet121")
+def _densenet121(cfg):
+    """MONAI ``DenseNet121``: ``(B, in_channels, H, W[, D])`` -> logits ``(B, num_classes)``. Any input size of
+    at least 32 pixels per side (five 2x reductions)."""
+    from monai.networks.nets import DenseNet121
+
+    return DenseNet121(spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=cfg.num_classes,
+                       init_features=cfg.init_features, growth_rate=cfg.growth_rate, bn_size=cfg.bn_size,
+                       dropout_prob=cfg.dropout_prob)
+
+
+def _resnet(cfg):
+    """MONAI ``ResNet`` (``resnet18`` / ``resnet50`` factories): ``(B, in_channels, H, W[, D])`` -> logits
+    ``(B, num_classes)``; adaptive average pooling before the dense head, so any input size works. MONAI's own
+    ``pretrained`` download (MedicalNet) is never used here; see ``net.pretrained``."""
+    from monai.networks import nets
+
+    factory = getattr(nets, cfg.name)
+    return factory(pretrained=False, spatial_dims=cfg.spatial_dims, n_input_channels=cfg.in_channels,
+                   num_classes=cfg.num_classes, **_fields(cfg, drop=_CLASSIFIER_EXTRA + ("spatial_dims",)))
+
+
+NETS.register("resnet18", _resnet)
+NETS.register("resnet50", _resnet)
+
+
+@NETS.register("lenet")
+def _lenet(cfg):
+    """medpipe ``LeNet``: ``(B, in_channels, H, W)`` with ``(H, W) == input_size`` -> logits ``(B, num_classes)``."""
+    from medpipe.nets.lenet import LeNet
+
+    return LeNet(spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
+                 input_size=cfg.input_size, padding=cfg.padding, dropout=cfg.dropout)
+
+
 def build_net(cfg):
     """Build the network named by ``cfg.name``.
 
     Args:
-        cfg: a net config model from :mod:`medpipe.config` (e.g. ``BasicUNetNet``).
+        cfg: a net config model from :mod:`medpipe.config` (e.g. ``BasicUNetNet``, ``DenseNet121Net``).
+            ``init`` and ``pretrained`` of classifier configs are applied by :func:`prepare_net`, not here.
 
     Returns:
         ``torch.nn.Module`` producing logits (no final activation).
@@ -43,3 +82,38 @@ def build_net(cfg):
         medpipe.registry.UnknownNameError: ``cfg.name`` is not registered (with the allowed names).
     """
     return NETS.get(cfg.name)(cfg)
+
+
+def prepare_net(net, cfg, tracking_uri=None):
+    """Initialise a freshly built classifier and load its pretrained weights, as its config says.
+
+    Order: ``medpipe.nets.init.init_weights(net, cfg.init)`` first, then
+    ``medpipe.nets.pretrained.load_pretrained(net, cfg.pretrained, ...)``, so that whatever the checkpoint does
+    not provide (e.g. a head for another number of classes) keeps the chosen initialisation. Net configs without
+    these fields (``basic_unet``) are returned unchanged.
+
+    Args:
+        net: the network from :func:`build_net`.
+        cfg: its net config.
+        tracking_uri: MLflow tracking URI against which a ``runs:/`` or ``models:/`` source is resolved.
+
+    Returns:
+        ``(net, report)``: ``report`` is the :class:`medpipe.nets.pretrained.LoadReport` or ``None`` when
+        nothing was loaded.
+
+    Raises:
+        FileNotFoundError, ValueError, medpipe.nets.pretrained.PretrainedDownloadError: from
+            ``load_pretrained`` (missing file, nothing matching, checksum mismatch, offline download).
+    """
+    init = getattr(cfg, "init", "default")
+    if init != "default":
+        from medpipe.nets.init import init_weights
+
+        init_weights(net, init)
+    report = None
+    source = getattr(cfg, "pretrained", None)
+    if source:
+        from medpipe.nets.pretrained import load_pretrained
+
+        report = load_pretrained(net, source, sha256=cfg.pretrained_sha256, tracking_uri=tracking_uri)
+    return net, report
