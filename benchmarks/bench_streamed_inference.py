@@ -1,31 +1,33 @@
-"""Benchmark: tile-streamed whole-slide inference and patch extraction on gigapixel-scale real tissue.
+"""Benchmark: tile-streamed whole-slide inference on gigapixel-scale real tissue: peak memory and speed.
 
 What it does, per slide size N (``--sizes``, default 20000 and 60000 pixels square):
 
 1. writes an N x N pyramidal, JPEG-tiled RGB TIFF (levels halved down to < 2048 px, as main IFDs, readable by
-   tifffile and OpenSlide) by tiling the real IDC slide region of patient 8863 (Janowczyk & Madabhushi 2016),
-   tile by tile from a generator: the image never exists in memory;
+   tifffile and OpenSlide) by repeating the real IDC slide region of patient 8863 (Janowczyk & Madabhushi 2016),
+   tile by tile from a generator: the image never exists in memory. ``--tissue-blocks k`` puts the region in
+   one of every k x k region-sized cells and white glass in the others (a sparser, more slide-like layout,
+   which also bounds the run time: the network runs on tissue only);
 2. runs :func:`medpipe.inference.streamed.streamed_sliding_window_inference` with the seed's LeNet (28 x 28
-   windows, no overlap, softmax, background skipped by the Otsu tissue mask) into an on-disk Zarr store;
-3. reads the tissue patches (28 x 28) with :func:`medpipe.data.patches.iter_patch_arrays` and with MONAI's
-   ``PatchWSIDataset`` (OpenSlide backend; and tifffile backend on small sizes only, since MONAI's tifffile
-   reader decodes the whole level for every patch).
+   windows, no overlap, softmax, background skipped by the Otsu tissue mask) into an on-disk Zarr store, and
+   renders the heatmap thumbnail;
+3. on one size that fits in memory (``--inmem-size``), runs every window both streamed and with MONAI's
+   in-memory ``sliding_window_inference`` (the level loaded whole as a float32 tensor) for the speed and
+   memory ratio.
 
 Each step runs in its own subprocess, which reports its peak resident memory (``ru_maxrss``) and the resident
-memory after imports, so peak memory can be compared across sizes. On the smallest size the streamed
-inference (all windows) is compared with MONAI's in-memory ``sliding_window_inference`` on the same image
-(loaded whole, as a float32 tensor) for speed and memory.
+memory after imports, so peak memory can be compared across sizes. Patch extraction throughput is measured by
+``benchmarks/bench_patch_extraction.py``.
 
 Usage::
 
-    python benchmarks/bench_streamed_inference.py --sizes 4000 8000     # quick
-    python benchmarks/bench_streamed_inference.py                       # 20000 and 60000 (long; ~11 GB raw)
+    python benchmarks/bench_streamed_inference.py --sizes 4096 --inmem-size 4096          # quick (~2 min)
+    nice -n 10 python benchmarks/bench_streamed_inference.py --sizes 20000 60000 --inmem-size 8192 \
+        --tissue-blocks 2                                                                  # see docs/wsi.md
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -70,12 +72,22 @@ def _source() -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ workers
-def worker_write(path: str, size: int) -> dict:
+def _layout(src: np.ndarray, blocks: int) -> np.ndarray:
+    """The repeating unit of the slide: the real region in the top-left cell of a ``blocks x blocks`` grid of
+    region-sized cells, the other cells white glass (``blocks=1``: the region repeated edge to edge)."""
+    if blocks <= 1:
+        return src
+    unit = np.full((src.shape[0] * blocks, src.shape[1] * blocks, 3), 255, np.uint8)
+    unit[: src.shape[0], : src.shape[1]] = src
+    return unit
+
+
+def worker_write(path: str, size: int, blocks: int = 1) -> dict:
     """Write the pyramidal TIFF tile by tile (generator); returns timing and memory."""
     import tifffile
 
     base = _rss_mb()
-    src = _source()
+    src = _layout(_source(), blocks)
     t0 = time.perf_counter()
     n_tiles = 0
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
@@ -163,42 +175,6 @@ def worker_inmem(path: str, batch: int) -> dict:
             "base_rss_mb": base, "peak_rss_mb": _peak_mb()}
 
 
-def worker_patches(path: str, max_patches: int, monai_tifffile: int) -> dict:
-    """Patch extraction throughput: ours (tifffile and openslide backends) vs MONAI PatchWSIDataset."""
-    from monai.data import PatchWSIDataset
-
-    from medpipe.data.patches import iter_patch_arrays, iter_patch_records, tissue_mask
-    from medpipe.data.wsi import open_slide
-
-    res = {}
-    with open_slide(path, "tifffile") as slide:
-        t0 = time.perf_counter()
-        tissue = tissue_mask(slide)
-        recs = list(itertools.islice(iter_patch_records(slide, 28, min_tissue=0.5, tissue=tissue), max_patches))
-        res["select_seconds"] = time.perf_counter() - t0
-        res["patches"] = len(recs)
-    for backend in ("tifffile", "openslide"):
-        with open_slide(path, backend) as slide:
-            t0 = time.perf_counter()
-            checksum = sum(int(a[0, 0, 0]) for _, a in iter_patch_arrays(slide, recs, 28))
-            res[f"ours_{backend}_pps"] = len(recs) / (time.perf_counter() - t0)
-    data = [{"image": path, "location": [r.y, r.x], "label": 0} for r in recs]
-    ds = PatchWSIDataset(data, patch_size=28, patch_level=0, center_location=False, reader="OpenSlide")
-    t0 = time.perf_counter()
-    check2 = sum(int(ds[i]["image"][0, 0, 0]) for i in range(len(ds)))
-    res["monai_openslide_pps"] = len(ds) / (time.perf_counter() - t0)
-    res["same_pixels"] = checksum == check2
-    if monai_tifffile:
-        ds = PatchWSIDataset(data[:monai_tifffile], patch_size=28, patch_level=0, center_location=False,
-                             reader="tifffile")
-        t0 = time.perf_counter()
-        for i in range(len(ds)):
-            ds[i]
-        res["monai_tifffile_pps"] = len(ds) / (time.perf_counter() - t0)
-    res["peak_rss_mb"] = _peak_mb()
-    return res
-
-
 # ------------------------------------------------------------------------------------------------ driver
 def _run(args: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--worker", *args]
@@ -213,7 +189,8 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[20000, 60000], help="slide sides in pixels")
     p.add_argument("--batch", type=int, default=512, help="sw_batch_size")
     p.add_argument("--tile", type=int, default=2048, help="streamed tile size")
-    p.add_argument("--max-patches", type=int, default=20000, help="patches read per extraction benchmark")
+    p.add_argument("--tissue-blocks", type=int, default=1, help="the real region fills 1 of every k x k "
+                   "region-sized cells (the rest is white glass); 1 = region repeated edge to edge")
     p.add_argument("--inmem-size", type=int, default=None, help="size for the in-memory comparison "
                    "(default: the smallest --sizes; skipped if 0)")
     p.add_argument("--tmpdir", default=None, help="where to write slides (default: a temporary folder)")
@@ -222,10 +199,9 @@ def main() -> int:
     a = p.parse_args()
     if a.worker:
         kind, *rest = a.worker
-        fn = {"write": lambda: worker_write(rest[0], int(rest[1])),
+        fn = {"write": lambda: worker_write(rest[0], int(rest[1]), int(rest[2])),
               "infer": lambda: worker_infer(rest[0], rest[1], int(rest[2]), rest[3] == "1", int(rest[4])),
-              "inmem": lambda: worker_inmem(rest[0], int(rest[1])),
-              "patches": lambda: worker_patches(rest[0], int(rest[1]), int(rest[2]))}[kind]
+              "inmem": lambda: worker_inmem(rest[0], int(rest[1]))}[kind]
         print(json.dumps(fn()))
         return 0
 
@@ -239,7 +215,7 @@ def main() -> int:
     try:
         for n in sizes:
             slide = str(tmp / f"idc_tiled_{n}.tif")
-            w = _run(["write", slide, str(n)])
+            w = _run(["write", slide, str(n), str(a.tissue_blocks)])
             print(f"\n## {n} x {n} px ({n * n * 3 / 2**30:.2f} GiB RGB raw)")
             print(f"write: {w['levels']} levels, {w['tiles']} tiles of {TILE}, {w['file_mb']:.0f} MiB JPEG, "
                   f"{w['seconds']:.1f} s, peak RSS {w['peak_rss_mb']:.0f} MiB")
@@ -261,19 +237,19 @@ def main() -> int:
                 print(f"ratio streamed/in-memory: speed {wps_s / wps_m:.2f}x, peak RSS "
                       f"{full['peak_rss_mb'] / mem['peak_rss_mb']:.2f}x")
                 row.update(streamed_all=full, inmem=mem)
-            pt = _run(["patches", slide, str(a.max_patches), "3" if n <= 8000 else "0"])
-            line = (f"patch extraction ({pt['patches']} tissue patches of 28x28): ours tifffile "
-                    f"{pt['ours_tifffile_pps']:.0f} patches/s, ours openslide {pt['ours_openslide_pps']:.0f}, MONAI "
-                    f"PatchWSIDataset(OpenSlide) {pt['monai_openslide_pps']:.0f} -> "
-                    f"{pt['ours_tifffile_pps'] / pt['monai_openslide_pps']:.1f}x")
-            if "monai_tifffile_pps" in pt:
-                line += f"; MONAI PatchWSIDataset(tifffile) {pt['monai_tifffile_pps']:.2f} patches/s"
-            print(line + f"; same pixels: {pt['same_pixels']}")
-            row["patches"] = pt
             rows.append(row)
-        skip = [(row["size"], row["streamed_skip"]["peak_rss_mb"]) for row in rows]
-        print("\n## peak RSS of streamed inference vs slide size: "
-              + ", ".join(f"{n} px: {m:.0f} MiB" for n, m in skip))
+        skip = [(row["size"], row["streamed_skip"]) for row in rows if row["size"] in a.sizes]
+        print("\n## streamed inference (tissue skip) vs slide size")
+        for n, r in skip:
+            print(f"{n} px: {r['windows_run']} windows in {r['seconds']:.1f} s = "
+                  f"{r['windows_run'] / r['seconds']:.0f} tiles/s, peak RSS {r['peak_rss_mb']:.0f} MiB "
+                  f"(+{r['peak_rss_mb'] - r['base_rss_mb']:.0f} over imports)")
+        if len(skip) > 1:
+            (n0, r0), (n1, r1) = skip[0], skip[-1]
+            print(f"ratio {n1} / {n0} px: area {(n1 / n0) ** 2:.1f}x, windows run "
+                  f"{r1['windows_run'] / r0['windows_run']:.1f}x, time {r1['seconds'] / r0['seconds']:.1f}x, "
+                  f"tiles/s {(r1['windows_run'] / r1['seconds']) / (r0['windows_run'] / r0['seconds']):.2f}x, "
+                  f"peak RSS {r1['peak_rss_mb'] / r0['peak_rss_mb']:.2f}x")
         (tmp / "results.json").write_text(json.dumps(rows, indent=1))
     finally:
         if not a.keep and a.tmpdir is None:

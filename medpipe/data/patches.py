@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from medpipe.data.wsi import Slide, open_slide, read_region, read_thumbnail, resolve_level
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("medpipe.data.patches")  # same name when run as `python -m`
 
 __all__ = [
     "PatchRecord",
@@ -336,6 +336,9 @@ def iter_patch_records(
     yield from sorted(_sample(select, ys, xs, int(random), seed), key=lambda r: (r.y, r.x))
 
 
+_PERMUTE_MAX = 4_000_000  # grids up to this many cells are sampled by a full permutation (32 MB of indices)
+
+
 def _sample(select: Callable, ys: np.ndarray, xs: np.ndarray, n: int, seed: int) -> list[PatchRecord]:
     """Draw ``n`` distinct valid grid cells: a seeded permutation scanned in chunks (rejection sampling with
     a seen-set past 4M cells, so memory does not grow with the slide)."""
@@ -345,7 +348,7 @@ def _sample(select: Callable, ys: np.ndarray, xs: np.ndarray, n: int, seed: int)
     if total == 0 or n <= 0:
         return out
     chunk = max(4 * n, 1024)
-    if total <= 4_000_000:
+    if total <= _PERMUTE_MAX:
         order = rng.permutation(total)
         for start in range(0, total, chunk):
             idx = order[start : start + chunk]
@@ -357,8 +360,11 @@ def _sample(select: Callable, ys: np.ndarray, xs: np.ndarray, n: int, seed: int)
         return out[:n]  # select() keeps the permutation order, so these are the first n valid draws
     seen: set[int] = set()
     for _ in range(50):
-        idx = np.unique(rng.integers(0, total, size=chunk))
-        idx = np.array([i for i in idx.tolist() if i not in seen], dtype=np.int64)
+        draws = rng.integers(0, total, size=chunk)
+        # first occurrence of each draw, in draw order: np.unique alone would sort the cells, and taking the
+        # first n valid ones would then favour the top rows of the slide
+        _, first = np.unique(draws, return_index=True)
+        idx = np.array([i for i in draws[np.sort(first)].tolist() if i not in seen], dtype=np.int64)
         seen.update(idx.tolist())
         out.extend(select(ys[idx // len(xs)], xs[idx % len(xs)]))
         if len(out) >= n:
@@ -377,41 +383,58 @@ def _tqdm(it, enabled: bool, **kw):
 
 # ------------------------------------------------------------------------------------------------ pixels
 def iter_patch_arrays(
-    slide: Slide, records: Iterable[PatchRecord], patch_size: int | Sequence[int], max_span: int = 4096
+    slide: Slide,
+    records: Iterable[PatchRecord],
+    patch_size: int | Sequence[int],
+    max_pixels: int = 1 << 22,
+    min_density: float = 1 / 16,
 ) -> Iterator[tuple[PatchRecord, np.ndarray]]:
-    """Read the pixels of ``records``: consecutive patches on the same row are read as one strip.
+    """Read the pixels of ``records``, many patches per read: consecutive records are gathered into bands.
+
+    Consecutive records at the same level are read as one window (their bounding box) as long as the window
+    stays under ``max_pixels`` and the patches cover at least ``min_density`` of it; in grid order that is a
+    band of several patch rows, so each compressed slide tile is decoded about once instead of once per patch
+    row. Memory: one window of at most ``max_pixels`` pixels (12 MiB for RGB at the default).
 
     Args:
         slide: the opened slide the records come from.
         records: patch records (any order; grid order reads fastest).
         patch_size: ``(h, w)`` at each record's level.
-        max_span: widest strip read at once, pixels at the level.
+        max_pixels: largest window read at once, pixels at the level.
+        min_density: smallest fraction of a window covered by patches (sparse records are read in smaller
+            windows rather than one large mostly unused one).
 
     Yields:
-        ``(record, patch)`` with ``patch`` a ``(C, h, w)`` ``uint8`` array.
+        ``(record, patch)`` in the order of ``records``, ``patch`` a ``(C, h, w)`` ``uint8`` array; pixels
+        outside the slide are 255 (white glass).
     """
     ph, pw = _pair(patch_size, "patch_size")
-    group: list[PatchRecord] = []
+    group: list[tuple[PatchRecord, int, int]] = []  # (record, y, x at its level)
+    box = [0, 0, 0, 0]  # y0, x0, y1, x1 at the level
 
     def flush():
-        first, last = group[0], group[-1]
-        ds = slide.level_downsamples[first.level]
-        x_last = int(round((last.x - first.x) / ds))
-        strip = read_region(slide, (first.y, first.x), (ph, x_last + pw), first.level, fill=255)
-        for r in group:
-            dx = int(round((r.x - first.x) / ds))
-            yield r, strip[:, :, dx : dx + pw]
+        level = group[0][0].level
+        ds = slide.level_downsamples[level]
+        y0, x0, y1, x1 = box
+        win = read_region(slide, (int(round(y0 * ds)), int(round(x0 * ds))), (y1 - y0, x1 - x0), level, fill=255)
+        for r, ly, lx in group:
+            yield r, win[:, ly - y0 : ly - y0 + ph, lx - x0 : lx - x0 + pw]
 
     for rec in records:
-        if group and (
-            rec.y != group[0].y
-            or rec.level != group[0].level
-            or rec.x < group[-1].x
-            or (rec.x - group[0].x) / slide.level_downsamples[rec.level] + pw > max_span
-        ):
-            yield from flush()
-            group = []
-        group.append(rec)
+        ds = slide.level_downsamples[rec.level]
+        ly, lx = int(round(rec.y / ds)), int(round(rec.x / ds))
+        if group:
+            y0, x0 = min(box[0], ly), min(box[1], lx)
+            y1, x1 = max(box[2], ly + ph), max(box[3], lx + pw)
+            area = (y1 - y0) * (x1 - x0)
+            if rec.level != group[0][0].level or area > max_pixels or (len(group) + 1) * ph * pw < min_density * area:
+                yield from flush()
+                group = []
+            else:
+                box[:] = [y0, x0, y1, x1]
+        if not group:
+            box[:] = [ly, lx, ly + ph, lx + pw]
+        group.append((rec, ly, lx))
     if group:
         yield from flush()
 

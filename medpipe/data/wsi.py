@@ -9,19 +9,29 @@ A thin layer over MONAI :class:`monai.data.WSIReader` that gives every backend t
 
 Backends (``backend=``):
 
-- ``"openslide"``: MONAI ``WSIReader(backend="openslide")`` (``openslide-python`` + ``openslide-bin``); Aperio
-  SVS, generic tiled TIFF, NDPI, MRXS, DICOM WSI with full DICOM WSI attributes, ...
+- ``"openslide"``: MONAI ``WSIReader(backend="openslide")`` (``openslide-python`` + ``openslide-bin``) for
+  windows and resolution; Aperio SVS (JPEG and JPEG 2000 tiles), NDPI, MRXS, DICOM WSI with complete WSI
+  attributes, ... (not plain, non-pyramidal TIFF such as ``kidney-48-5.tif``: ``"auto"`` uses tifffile there).
 - ``"cucim"``: MONAI ``WSIReader(backend="cucim")`` (GPU toolkit ``cucim``, when installed).
 - ``"tifffile"``: ``tifffile`` (+ ``imagecodecs`` for JPEG 2000) through its Zarr store, so that only the tiles
-  (or strips) under a window are decoded. MONAI's ``TiffFileWSIReader._get_patch`` decodes the whole level
-  for every patch, which is fine for small files but not for gigapixel slides, hence this path.
-- ``"dicom"``: single-file DICOM VL Whole Slide Microscopy images with encapsulated (JPEG, JPEG 2000) frames
+  (or strips) under a window are decoded. Our own code, because MONAI 1.6's ``TiffFileWSIReader`` does not do
+  the job on these files: its ``_get_patch`` calls ``wsi.asarray(level=level)``, decoding the whole level for
+  every patch (a 60k x 60k level is 10 GiB decoded per patch; measured throughput in ``docs/wsi.md``); its levels are TIFF pages, so ``level=1`` of ``CMU-1-Small-Region.svs`` is the 768 x 574
+  thumbnail; and its ``get_mpp`` reads only the TIFF resolution tags, not the Aperio ``MPP`` that SVS files
+  carry, so it finds no resolution for ``CMU-1-Small-Region.svs`` (0.499 um/px). The ``reader`` attribute
+  still holds a MONAI ``WSIReader(backend="tifffile")`` for code that wants it.
+- ``"dicom"``: our own code, because MONAI 1.6's ``WSIReader`` has no DICOM backend (``supported_backends`` is
+  cucim, openslide, tifffile) and OpenSlide 4 refuses ``small_dicom_wsi.dcm``. Single-file DICOM VL Whole
+  Slide Microscopy images with encapsulated (JPEG, JPEG 2000) frames
   through ``pydicom`` + ``Pillow``, decoding only the frames under a window; one file is one pyramid level.
   Frame layout: TILED_SPARSE per-frame positions, or TILED_FULL row-major (DICOM PS3.3 C.8.12.4); when the
   file declares neither, the order is inferred from tile seams (see ``_infer_frame_order``). ``"auto"`` uses
   it when OpenSlide cannot read the file: OpenSlide 4 needs e.g. the ``ImageType`` attribute, which
   ``small_dicom_wsi.dcm`` lacks ("Couldn't get image flavor"); that file also stores its frames column-major.
-- ``"pil"``: plain PNG/JPEG/BMP/small TIFF via Pillow; the image is decoded once, whole (these are small).
+- ``"pil"``: plain PNG/JPEG/BMP via Pillow. These formats have no tiles, so the image is decoded once, whole,
+  and kept as one ``(H, W, C)`` ``uint8`` array (3 bytes per pixel; a warning is logged above 1 GiB, and
+  Pillow's decompression-bomb limit is lifted for the file asked for). For images that do not fit in memory,
+  convert them to a tiled pyramidal TIFF (e.g. ``vips tiffsave --tile --pyramid``) and use ``tifffile``.
 - ``"array"``: an in-memory ``(C, H, W)`` array (see :func:`slide_from_array`), for tests and small crops.
 
 Levels: level ``i`` is the ``i``-th resolution of the baseline pyramid for every backend. tifffile lists the
@@ -52,6 +62,7 @@ __all__ = ["Slide", "open_slide", "slide_from_array", "resolve_level", "read_reg
 
 BACKENDS = ("auto", "openslide", "tifffile", "cucim", "dicom", "pil")
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+_MAX_MPP = 50.0  # TIFF resolutions coarser than this (< 508 dpi) are taken as document defaults, not microscopy
 _TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ome.tif", ".ndpi", ".scn", ".bif"}
 
 
@@ -64,8 +75,8 @@ class Slide:
         backend: one of ``"openslide"``, ``"tifffile"``, ``"cucim"``, ``"dicom"``, ``"pil"``, ``"array"``.
         reader: the MONAI ``WSIReader`` for the ``openslide``/``cucim``/``tifffile`` backends, else ``None``
             (for ``tifffile`` it is created on first access: windows are read through tifffile's Zarr store).
-        wsi: the opened backend object (``OpenSlide``, ``CuImage``, ``TiffFile``, pydicom ``Dataset``, or the
-            ``(C, H, W)`` array for ``pil``/``array``).
+        wsi: the opened backend object (``OpenSlide``, ``CuImage``, ``TiffFile``, pydicom ``Dataset``), the
+            decoded ``(H, W, C)`` array for ``pil``, or the ``(C, H, W)`` array for ``array``.
         level_dimensions: ``(height, width)`` in pixels of each pyramid level, level 0 first.
         level_downsamples: downsample factor of each level relative to level 0 (1.0 for level 0).
         mpp: level-0 resolution ``(y, x)`` in micrometres per pixel, or ``None`` when the file does not say.
@@ -225,10 +236,14 @@ def _open_openslide(path: Path) -> Slide:
     reader = WSIReader(backend="openslide")
     dims = tuple((int(h), int(w)) for w, h in wsi.level_dimensions)
     downs = tuple(float(d) for d in wsi.level_downsamples)
-    props = wsi.properties
-    mpp = None
-    if props.get("openslide.mpp-x") and props.get("openslide.mpp-y"):
-        mpp = (float(props["openslide.mpp-y"]), float(props["openslide.mpp-x"]))
+    try:  # MONAI: openslide.mpp-x/y, else the TIFF resolution tags; (y, x) in micrometres per pixel
+        mpp = tuple(float(v) for v in reader.get_mpp(wsi, 0))
+    except (ValueError, KeyError):
+        mpp = None
+    if mpp is not None and max(mpp) > _MAX_MPP:
+        logger.info("%s: resolution %.1f um/px is a print/screen default (e.g. 72 dpi), not a microscope's: "
+                    "resolution unknown", path, max(mpp))
+        mpp = None
     return Slide(path, "openslide", reader, wsi, dims, downs, mpp)
 
 
@@ -291,20 +306,35 @@ def _tiff_mpp(tif, series) -> tuple[float, float] | None:
         um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)  # 2 = inch, 3 = centimetre, 1 = none
         (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
         if um_per_unit and xn and yn:
-            return (um_per_unit * yd / yn, um_per_unit * xd / xn)
+            mpp = (um_per_unit * yd / yn, um_per_unit * xd / xn)
+            if max(mpp) <= _MAX_MPP:
+                return mpp
+            logger.info("%s: TIFF resolution %.1f um/px is a print/screen resolution (e.g. 72 dpi), not a "
+                        "microscope's: resolution unknown", tif.filehandle.name, max(mpp))
     return None
 
 
 def _open_pil(path: Path) -> Slide:
     from PIL import Image
 
-    with Image.open(path) as im:
-        mode = "RGBA" if im.mode in ("RGBA", "LA", "PA") else "RGB"
-        arr = np.asarray(im.convert(mode))
-    arr = np.ascontiguousarray(np.moveaxis(arr, -1, 0))
-    slide = slide_from_array(arr)  # PNG/JPEG dpi tags are not a microscope resolution: mpp stays unknown
-    slide.path, slide.backend = path, "pil"
-    return slide
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # a large plain image is what we were asked to open, not a decompression bomb
+    try:
+        with Image.open(path) as im:
+            mode = "RGBA" if im.mode in ("RGBA", "LA", "PA") else "RGB"
+            n_bytes = im.width * im.height * len(mode)
+            if n_bytes > 2**30:
+                logger.warning(
+                    "%s: PNG/JPEG have no tiles, so the whole %dx%d image is decoded into memory (%.1f GiB); "
+                    "convert it to a tiled pyramidal TIFF for windowed reading", path, im.width, im.height,
+                    n_bytes / 2**30,
+                )
+            arr = np.asarray(im if im.mode == mode else im.convert(mode))  # (H, W, C), one decoded copy
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    # kept (H, W, C) as decoded; windows are transposed to (C, h, w) when read
+    # (PNG/JPEG dpi tags are not a microscope resolution: mpp stays unknown)
+    return Slide(path, "pil", None, arr, ((arr.shape[0], arr.shape[1]),), (1.0,), None, arr.shape[2], arr.dtype)
 
 
 def slide_from_array(array, mpp: float | tuple[float, float] | None = None) -> Slide:
@@ -603,8 +633,10 @@ def read_region(
 def _read_inside(slide: Slide, level: int, y: int, x: int, h: int, w: int, loc0: tuple[int, int]) -> np.ndarray:
     """Read a window inside ``level``: ``(y, x)`` in that level's pixels, ``loc0`` the same in level 0."""
     b = slide.backend
-    if b in ("array", "pil"):
+    if b == "array":
         return slide.wsi[:, y : y + h, x : x + w]
+    if b == "pil":  # (H, W, C) as decoded
+        return np.ascontiguousarray(np.moveaxis(slide.wsi[y : y + h, x : x + w], -1, 0))
     if b == "tifffile":
         arr = _tiff_level(slide, level)
         axes = slide._extra["axes"]

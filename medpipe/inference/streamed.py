@@ -51,8 +51,15 @@ def _zarr():
     try:
         import zarr
     except ImportError as e:
-        raise ImportError("streamed inference writes Zarr arrays: pip install 'zarr>=3'") from e
+        raise ImportError("streamed inference writes Zarr arrays: pip install zarr (or medpipe[wsi])") from e
     return zarr
+
+
+def _create_array(group, name: str, shape: tuple, chunks: tuple):
+    """float32 array filled with 0: ``create_array`` (zarr 3) or ``create_dataset`` (zarr 2)."""
+    if hasattr(group, "create_array"):
+        return group.create_array(name, shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
+    return group.create_dataset(name, shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -207,10 +214,8 @@ def streamed_sliding_window_inference(
         buf_acc = torch.empty((K, T + rh, T + rw), dtype=torch.float32)
         c = int(chunk_size)
         root = zarr.open_group(store=str(out) if out is not None else zarr.storage.MemoryStore(), mode="w")
-        prob = root.create_array("prob", shape=(K, H, W), chunks=(K, min(c, H), min(c, W)), dtype="float32",
-                                 fill_value=0.0)
-        weight = root.create_array("weight", shape=(H, W), chunks=(min(c, H), min(c, W)), dtype="float32",
-                                   fill_value=0.0)
+        prob = _create_array(root, "prob", (K, H, W), (K, min(c, H), min(c, W)))
+        weight = _create_array(root, "weight", (H, W), (min(c, H), min(c, W)))
         n_ty, n_tx = math.ceil(Hp / T), math.ceil(Wp / T)
         sy, sx = np.asarray(starts_y), np.asarray(starts_x)
         dirty: set[tuple[int, int]] = set()  # tiles holding un-normalised sums from earlier tiles' margins
@@ -296,52 +301,69 @@ def render_heatmap(
     max_size: int = 1024,
     slide: Slide | None = None,
     alpha: float = 0.5,
+    style: str = "overlay",
 ) -> np.ndarray:
     """Low-resolution heatmap of one output channel, optionally over the slide, without loading full-res.
 
-    The ``prob`` array is read chunk-aligned block by block and averaged over ``f x f`` blocks
-    (``f = ceil(max(H, W) / max_size)``); the slide background comes from
+    The ``prob`` and ``weight`` arrays are read chunk-aligned block by block; each heatmap pixel is the mean
+    probability over the ``f x f`` block's pixels where some window ran (``weight > 0``),
+    ``f = ceil(max(H, W) / max_size)``; blocks where nothing ran count as 0. The slide background comes from
     :func:`medpipe.data.wsi.read_thumbnail` (coarsest level, tile by tile).
 
     Args:
         result: the Zarr group returned by :func:`streamed_sliding_window_inference`, or its path.
-        out_png: where to write the RGB PNG (optional).
+        out_png: where to write the RGB PNG (optional; parent folders are created).
         channel: output channel to show (default: the last, e.g. "malignant" of a 2-class model).
         max_size: largest side of the heatmap, pixels.
-        slide: the slide the result came from, for the background (default: white).
-        alpha: opacity of the heatmap at probability 1 (the colour's opacity scales with the value).
+        slide: the slide the result came from, background of the ``"overlay"`` style (default: white).
+        alpha: ``"overlay"`` style: opacity of the colour at probability 1 (it scales with the probability).
+        style: ``"overlay"``: colour blended over the slide (or white) with opacity ``alpha * p``;
+            ``"heatmap"``: the colour map itself (blue 0, yellow 0.5, red 1), white where nothing was inferred.
 
     Returns:
-        ``(h, w, 3)`` uint8 RGB image.
+        ``(h, w, 3)`` uint8 RGB image, ``h = ceil(H / f)``, ``w = ceil(W / f)``.
+
+    Raises:
+        ValueError: unknown ``style``.
     """
+    if style not in ("overlay", "heatmap"):
+        raise ValueError(f"style must be 'overlay' or 'heatmap', got {style!r}")
     zarr = _zarr()
     from PIL import Image
 
     group = zarr.open_group(str(result), mode="r") if isinstance(result, (str, os.PathLike)) else result
-    prob = group["prob"]
+    prob, weight = group["prob"], group["weight"]
     K, H, W = prob.shape
     ch = channel % K
     f = max(1, math.ceil(max(H, W) / max_size))
     step = f * max(1, prob.chunks[1] // f)
     heat = np.zeros((math.ceil(H / f), math.ceil(W / f)), np.float32)
+    covered = np.zeros_like(heat, dtype=bool)
     for y in range(0, H, step):
         for x in range(0, W, step):
-            blk = np.asarray(prob[ch, y : y + step, x : x + step], dtype=np.float32)
+            blk = np.nan_to_num(np.asarray(prob[ch, y : y + step, x : x + step], dtype=np.float32))
+            cov = (np.asarray(weight[y : y + step, x : x + step]) > 0).astype(np.float32)
             ph, pw = -blk.shape[0] % f, -blk.shape[1] % f
-            if ph or pw:
-                blk = np.pad(blk, ((0, ph), (0, pw)), mode="edge")
-            red = blk.reshape(blk.shape[0] // f, f, blk.shape[1] // f, f).mean(axis=(1, 3))
-            heat[y // f : y // f + red.shape[0], x // f : x // f + red.shape[1]] = red
-    heat = np.clip(np.nan_to_num(heat), 0.0, 1.0)
-    if slide is not None:
-        bg, _ = read_thumbnail(slide, max_size=max(heat.shape) * 2)
-        bg = np.moveaxis(bg[:3] if bg.shape[0] >= 3 else np.repeat(bg[:1], 3, 0), 0, -1)
-        bg = np.asarray(Image.fromarray(bg).resize((heat.shape[1], heat.shape[0]), Image.BILINEAR), np.float32)
-    else:
-        bg = np.full(heat.shape + (3,), 255.0, np.float32)
+            if ph or pw:  # partial border blocks: zero-padded, and the padding is not covered
+                blk, cov = np.pad(blk, ((0, ph), (0, pw))), np.pad(cov, ((0, ph), (0, pw)))
+            hb, wb = blk.shape[0] // f, blk.shape[1] // f
+            n = cov.reshape(hb, f, wb, f).sum(axis=(1, 3))
+            s = (blk * cov).reshape(hb, f, wb, f).sum(axis=(1, 3))
+            heat[y // f : y // f + hb, x // f : x // f + wb] = s / np.maximum(n, 1)
+            covered[y // f : y // f + hb, x // f : x // f + wb] = n > 0
+    heat = np.clip(heat, 0.0, 1.0)
     colour = _colormap(heat)
-    a = (alpha * heat)[..., None]
-    rgb = np.clip((1 - a) * bg + a * colour, 0, 255).astype(np.uint8)
+    if style == "heatmap":
+        rgb = np.where(covered[..., None], colour, 255.0).astype(np.uint8)
+    else:
+        if slide is not None:
+            bg, _ = read_thumbnail(slide, max_size=max(heat.shape) * 2)
+            bg = np.moveaxis(bg[:3] if bg.shape[0] >= 3 else np.repeat(bg[:1], 3, 0), 0, -1)
+            bg = np.asarray(Image.fromarray(bg).resize((heat.shape[1], heat.shape[0]), Image.BILINEAR), np.float32)
+        else:
+            bg = np.full(heat.shape + (3,), 255.0, np.float32)
+        a = (alpha * heat)[..., None]
+        rgb = np.clip((1 - a) * bg + a * colour, 0, 255).astype(np.uint8)
     if out_png is not None:
         Path(out_png).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rgb).save(out_png)

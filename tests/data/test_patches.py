@@ -115,3 +115,26 @@ def test_cli(datasets, tmp_path, capsys):
     assert "level 4 is out of range" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.svs"), "--out", str(tmp_path / "bad")]) == 2
     assert "missing.svs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level,random", [(0, 60), (1, None), (1, 30)])
+def test_banded_reads_equal_single_patch_reads(datasets, level, random):
+    from medpipe.data.patches import iter_patch_arrays
+
+    with open_slide(datasets / "wsi_samples/tcga-cr-7395-01a-01-ts1.svs", "tifffile") as s:  # JPEG 2000 tiles
+        recs = list(iter_patch_records(s, 64, level=level, min_tissue=0.3, random=random, seed=3))
+        pairs = list(iter_patch_arrays(s, recs, 64, max_pixels=300_000))  # several bands
+        assert [r for r, _ in pairs] == recs and len(recs) > 20
+        for r, arr in pairs[:: max(1, len(pairs) // 25)]:
+            np.testing.assert_array_equal(arr, read_region(s, (r.y, r.x), (64, 64), level, fill=255))
+
+
+def test_random_sampling_of_huge_grids_is_uniform(idc, monkeypatch):
+    import medpipe.data.patches as patches
+
+    slide, _ = idc
+    monkeypatch.setattr(patches, "_PERMUTE_MAX", 10)  # force the rejection-sampling path on a small slide
+    recs = list(iter_patch_records(slide, 10, min_tissue=0, random=300, seed=0))
+    assert len(recs) == 300 and len({(r.x, r.y) for r in recs}) == 300
+    ys = np.array([r.y for r in recs]) / slide.level_dimensions[0][0]
+    assert 0.4 < ys.mean() < 0.6 and ys.max() > 0.9  # not the top rows only

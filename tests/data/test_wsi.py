@@ -67,7 +67,7 @@ def test_png_and_array(datasets):
     with open_slide(mosaic) as s:
         assert s.backend == "pil" and s.level_dimensions == ((2351, 2801),) and s.mpp is None
         r = read_region(s, (100, 200), (50, 60))
-    a = slide_from_array(s.wsi, mpp=0.25)
+    a = slide_from_array(s.wsi.transpose(2, 0, 1), mpp=0.25)  # pil keeps the decoded (H, W, C) array
     np.testing.assert_array_equal(read_region(a, (100, 200), (50, 60)), r)
     assert a.level_mpp(0) == (0.25, 0.25)
 
@@ -120,3 +120,27 @@ def test_thumbnail_tiles_match_whole(samples):
     assert ds == f and thumb.shape == (3, 113, 187)
     expect = full[:, :896, :1488].reshape(3, 112, f, 186, f).mean(axis=(2, 4))
     np.testing.assert_allclose(thumb[:, :112, :186], np.round(expect), atol=1)
+
+
+def test_large_plain_image_is_not_a_decompression_bomb(datasets, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # stands in for Pillow's 89 Mpx default
+    mosaic = datasets / "idc_breast_histopathology/reconstructed_region/patient8863_mosaic.jpg"
+    with open_slide(mosaic) as s:
+        assert s.level_dimensions == ((2351, 2801),)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+@pytest.mark.parametrize("resolution,unit,expect", [((20000, 20000), "CENTIMETER", 0.5), ((72, 72), "INCH", None)])
+def test_tiff_resolution_tags(samples, tmp_path, resolution, unit, expect, backend):
+    import tifffile
+
+    with open_slide(samples / "kidney-48-5.tif") as k:
+        crop = read_region(k, (400, 400), (256, 256)).transpose(1, 2, 0)  # real tissue
+    path = tmp_path / "crop.tif"
+    tifffile.imwrite(path, crop, tile=(128, 128), photometric="rgb", resolution=resolution, resolutionunit=unit)
+    with open_slide(path, backend) as s:  # 72 dpi is a document default, not a microscope resolution
+        assert (s.mpp == pytest.approx((expect, expect)) if expect else s.mpp is None)
+        np.testing.assert_array_equal(read_region(s, (10, 20), (30, 40)), crop[10:40, 20:60].transpose(2, 0, 1))
