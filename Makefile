@@ -11,7 +11,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[wsi,test]"
+	$(PY) -m pip install -e ".[wsi,serve,export,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

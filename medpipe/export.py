@@ -1,0 +1,273 @@
+"""Export a trained network to TorchScript or ONNX with a JSON of its pre- and post-processing.
+
+``python -m medpipe.export MODEL --format torchscript|onnx [--out DIR] [--image FILE]``
+
+``MODEL`` is an MLflow model URI (``runs:/<id>/model``, ``models:/<name>/<version>``) or a run's artifact folder,
+as for :mod:`medpipe.serve`. Writes into ``DIR`` (default ``export/<pipeline>-<format>/``):
+
+* ``model.ts`` (TorchScript, ``torch.jit.trace`` by default or ``torch.jit.script``) or ``model.onnx`` (ONNX,
+  ``torch.onnx.export``, opset 17, dynamic batch axis);
+* ``pipeline.json``: the input (tensor layout, dtype, channels), the pipeline's inference transforms by MONAI
+  class name with their arguments (apply them in order to ``{"image": path}``; they load the file), the
+  post-processing (softmax over dim 1; classes and the operating threshold for classifiers; sliding-window
+  ``roi_size``, ``overlap``, ``mode``, ``sigma_scale``, ``sw_batch_size`` for segmenters, whose exported net
+  takes windows of exactly ``roi_size``), the run's metrics, and the verification below.
+
+Verification: a real image (``--image``, or the first existing file of the run's validation/test/train split from
+``manifest.json``) goes through the pipeline's transforms; the original and the exported network must give the
+same logits (max abs difference <= ``--atol``, default 1e-4) on it, whole image for classifiers, all windows of
+the sliding-window inference for segmenters. ONNX is run with onnxruntime when installed (``pip install
+'medpipe[export]'``); without it the ONNX file is only checked structurally (``onnx.checker``), and the JSON says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExportError", "ExportResult", "export_model", "pick_real_image", "main"]
+
+_ONNX_HINT = "ONNX export needs the export extra: pip install 'medpipe[export]' (onnx, onnxruntime)"
+FORMATS = ("torchscript", "onnx")
+
+
+class ExportError(RuntimeError):
+    """The export failed, or the exported model's outputs differ from the original's."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and measured.
+
+    Attributes:
+        model_path: the TorchScript (``model.ts``) or ONNX (``model.onnx``) file.
+        spec_path: ``pipeline.json``.
+        spec: its content.
+        max_abs_diff: largest absolute logit difference exported vs original on the real image, or ``None`` when
+            the ONNX model could not be run (no onnxruntime).
+    """
+
+    model_path: Path
+    spec_path: Path
+    spec: Dict[str, Any]
+    max_abs_diff: Optional[float]
+
+
+def pick_real_image(manifest: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The first image of the run's ``manifest.json`` (val, then test, then train) that exists, or ``None``."""
+    for split in ("val", "test", "train"):
+        for case in (manifest or {}).get(split, []) or []:
+            path = case.get("image") if isinstance(case, dict) else None
+            if isinstance(path, str) and Path(path).is_file():
+                return path
+    return None
+
+
+def _window(x, roi: List[int]):
+    """The top-left ``roi`` window of ``x`` ``(1, C, *spatial)``, zero-padded where the image is smaller."""
+    import torch
+
+    crop = x[(slice(None), slice(None)) + tuple(slice(0, r) for r in roi)]
+    pad = []
+    for r, s in zip(reversed(roi), reversed(crop.shape[2:])):
+        pad += [0, max(r - s, 0)]
+    return torch.nn.functional.pad(crop, pad) if any(pad) else crop
+
+
+def _onnx_runner(path: Path) -> Optional[Callable]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        logger.warning("onnxruntime is not installed: the ONNX model is checked structurally only (%s)", _ONNX_HINT)
+        return None
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        out = session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(out)
+
+    return run
+
+
+def _spec(served, fmt: str, method: str, example_shape, model_file: str) -> Dict[str, Any]:
+    cfg, art = served.cfg, served.artifacts
+    net = cfg.net
+    post: Dict[str, Any] = {"activation": "softmax", "dim": 1}
+    if cfg.task == "classification":
+        post.update({"classes": art.classes, "threshold": art.threshold,
+                     "decision": (f"class 1 ({art.classes[1]}) if softmax[:, 1] >= threshold else class 0"
+                                  if art.threshold is not None else "argmax over dim 1")})
+        layout = f"(B, {net.in_channels}, H, W)" if net.spatial_dims == 2 else f"(B, {net.in_channels}, H, W, D)"
+        output = f"(B, {net.num_classes}) float32 logits"
+    else:
+        inf = cfg.infer
+        post.update({"num_classes": net.out_channels, "decision": "argmax over dim 1 (class index per pixel)",
+                     "sliding_window": {"roi_size": list(inf.roi_size), "overlap": inf.overlap, "mode": inf.mode,
+                                        "sigma_scale": inf.sigma_scale, "sw_batch_size": inf.sw_batch_size,
+                                        "padding_mode": inf.padding_mode,
+                                        "implementation": "monai.inferers.SlidingWindowInferer"},
+                     "invert_spatial_transforms": "monai.transforms.Invertd of the pre-processing, then argmax",
+                     "mask_png": "0/255 for two classes, else class indices"})
+        layout = "(B, %d, %s)" % (net.in_channels, ", ".join(str(r) for r in inf.roi_size))
+        output = f"(B, {net.out_channels}, {', '.join(str(r) for r in inf.roi_size)}) float32 logits"
+    return {
+        "pipeline": cfg.name, "task": cfg.task, "net": net.name, "source": art.source, "run_id": art.run_id,
+        "format": fmt, "model_file": model_file,
+        "method": method if fmt == "torchscript" else "torch.onnx.export (opset 17, dynamic batch)",
+        "input": {"name": "image", "layout": layout, "dtype": "float32", "in_channels": net.in_channels,
+                  "spatial_dims": net.spatial_dims, "example_shape": list(example_shape)},
+        "output": {"name": "logits", "layout": output},
+        "preprocessing": [{"name": t.name, "args": t.kwargs} for t in cfg.infer_transforms()],
+        "preprocessing_note": "MONAI dictionary transforms applied in order to {'image': <file path>} "
+                              "(the first one loads the file); the result's 'image' gets a batch axis",
+        "postprocessing": post,
+        "metrics": art.metrics.get("final", {}),
+    }
+
+
+def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: Optional[str] = None,
+                 tracking_uri: Optional[str] = None, method: str = "trace", atol: float = 1e-4) -> ExportResult:
+    """Export the network of a trained pipeline and verify it on a real image.
+
+    Args:
+        source: MLflow model URI or run artifact folder.
+        fmt: ``torchscript`` or ``onnx``.
+        out_dir: output folder (default ``export/<pipeline>-<fmt>``).
+        image: a real image file for the verification (default: from the run's manifest).
+        tracking_uri: MLflow tracking URI for ``runs:/`` / ``models:/``.
+        method: TorchScript only: ``trace`` (with the real image, or a window of ``roi_size`` of it) or ``script``.
+        atol: largest allowed absolute logit difference.
+
+    Returns:
+        :class:`ExportResult`.
+
+    Raises:
+        ValueError: unknown ``fmt``/``method``, or no real image found.
+        ImportError: ``onnx`` is missing (with the install command).
+        ExportError: the exported model's logits differ from the original's by more than ``atol``.
+    """
+    import torch
+
+    from medpipe.serve.model import load_model
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if method not in ("trace", "script"):
+        raise ValueError(f"unknown TorchScript method {method!r}; expected trace or script")
+    if fmt == "onnx":
+        try:
+            import onnx
+        except ImportError:
+            raise ImportError(_ONNX_HINT) from None
+    served = load_model(source, tracking_uri)
+    cfg = served.cfg
+    image = image or pick_real_image(served.artifacts.manifest)
+    if image is None or not Path(image).is_file():
+        raise ValueError(f"no real image to verify the export with: pass --image FILE "
+                         f"({'not found: ' + str(image) if image else 'the run manifest lists none that exists'})")
+    net = served.net.eval()
+    x = torch.as_tensor(served.transform({"image": image})["image"])[None].float()
+    example = x if cfg.task == "classification" else _window(x, list(cfg.infer.roi_size))
+    out_dir = Path(out_dir or Path("export") / f"{cfg.name}-{fmt}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    with torch.no_grad():
+        if fmt == "torchscript":
+            model_path = out_dir / "model.ts"
+            scripted = torch.jit.trace(net, example) if method == "trace" else torch.jit.script(net)
+            torch.jit.save(scripted, str(model_path))
+            loaded = torch.jit.load(str(model_path), map_location="cpu").eval()
+            runner: Optional[Callable] = loaded
+        else:
+            import warnings
+
+            model_path = out_dir / "model.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, (example,), str(model_path), dynamo=False, input_names=["image"],
+                                  output_names=["logits"], opset_version=17,
+                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+            onnx.checker.check_model(onnx.load(str(model_path)))
+            runner = _onnx_runner(model_path)
+        seconds = time.time() - t0
+
+        diff = None
+        if runner is not None:
+            # plain execution: TorchScript's profiling executor would spend seconds optimising during the check
+            with torch.jit.optimized_execution(False):
+                if cfg.task == "classification":
+                    ref, got = net(x), runner(x)
+                else:
+                    ref = served.inferer(x, net)
+                    got = served.inferer(x, lambda w: runner(w.contiguous()))
+            ref, got = torch.as_tensor(ref).float(), torch.as_tensor(got).float()
+            diff = float((ref - got).abs().max())
+            same_decision = bool((ref.argmax(1) == got.argmax(1)).float().mean() >= 0.9999)
+
+    spec = _spec(served, fmt, method, example.shape, model_path.name)
+    spec["verification"] = {"image": str(image), "tensor_shape": list(x.shape), "atol": atol,
+                            "max_abs_logit_diff": diff, "seconds_to_export": round(seconds, 2),
+                            "checked_with": ("torch.jit.load" if fmt == "torchscript" else
+                                             "onnxruntime" if runner is not None else
+                                             "onnx.checker only (onnxruntime not installed)")}
+    if diff is not None:
+        spec["verification"]["same_argmax"] = same_decision
+    spec_path = out_dir / "pipeline.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    if diff is not None and diff > atol:
+        raise ExportError(f"exported {fmt} model differs from the original on {image}: max |logit difference| "
+                          f"{diff:.3g} > atol {atol:g} (files kept in {out_dir})")
+    logger.info("exported %s to %s (max |diff| %s)", cfg.name, model_path, diff)
+    return ExportResult(model_path, spec_path, spec, diff)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m medpipe.export", description=__doc__.split("\n")[0])
+    p.add_argument("model", help="MLflow model URI (runs:/<id>/model, models:/<name>/<version>) or run folder")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, required=True)
+    p.add_argument("--out", default=None, help="output folder (default export/<pipeline>-<format>)")
+    p.add_argument("--image", default=None, help="real image for the equality check (default: from the run)")
+    p.add_argument("--method", choices=("trace", "script"), default="trace", help="TorchScript: trace or script")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                   "sqlite:///mlflow.db)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns 0 on success, 1 when the outputs differ, 2 for bad arguments or a missing model."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        res = export_model(args.model, args.fmt, Path(args.out) if args.out else None, args.image,
+                           args.tracking_uri, args.method, args.atol)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    v = res.spec["verification"]
+    print(f"wrote {res.model_path} and {res.spec_path}")
+    print(f"  checked on {v['image']} with {v['checked_with']}: max |logit difference| {v['max_abs_logit_diff']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

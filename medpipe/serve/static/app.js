@@ -1,0 +1,135 @@
+// medpipe serve page: upload an image to /predict and show the prediction. Plain JavaScript, no build step.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let modelInfo = null;
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function pct(p) { return (100 * p).toFixed(1) + " %"; }
+
+async function loadModelInfo() {
+  try {
+    const res = await fetch("/model");
+    modelInfo = await res.json();
+    $("title").textContent = modelInfo.pipeline;
+    const what = modelInfo.task === "classification"
+      ? "classifier of " + modelInfo.classes.join(" / ")
+      : "segmenter (" + modelInfo.num_classes + " classes)";
+    $("model-summary").textContent = modelInfo.net + " " + what;
+    $("run").textContent = modelInfo.run_id ? "MLflow run " + modelInfo.run_id : "model " + modelInfo.source;
+  } catch (err) {
+    $("model-summary").textContent = "model information unavailable: " + err;
+  }
+}
+
+function renderClassification(r) {
+  $("label").textContent = r.label;
+  $("rule").textContent = "Decision: " + r.decision_rule;
+  const bars = $("bars");
+  bars.innerHTML = "";
+  for (const [name, p] of Object.entries(r.probabilities)) {
+    const li = document.createElement("li");
+    li.className = name === r.label ? "top" : "";
+    li.dataset.cls = name;
+    const label = document.createElement("span");
+    label.textContent = name;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = (100 * p).toFixed(1) + "%";
+    bar.appendChild(fill);
+    const value = document.createElement("span");
+    value.className = "prob";
+    value.textContent = pct(p);
+    li.append(label, bar, value);
+    bars.appendChild(li);
+  }
+}
+
+function colouredMask(maskB64) {
+  // Turn the 0/255 (or class index) mask into a translucent colour overlay on a canvas.
+  return new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => {
+      const c = document.createElement("canvas");
+      c.width = img.width; c.height = img.height;
+      const ctx = c.getContext("2d");
+      ctx.drawImage(img, 0, 0);
+      const d = ctx.getImageData(0, 0, c.width, c.height);
+      for (let i = 0; i < d.data.length; i += 4) {
+        const on = d.data[i] > 0;
+        d.data[i] = 255; d.data[i + 1] = 40; d.data[i + 2] = 40; d.data[i + 3] = on ? 255 : 0;
+      }
+      ctx.putImageData(d, 0, 0);
+      resolve(c.toDataURL("image/png"));
+    };
+    img.src = "data:image/png;base64," + maskB64;
+  });
+}
+
+async function renderSegmentation(r) {
+  const a = r.area;
+  $("label").textContent = "Foreground: " + pct(a.foreground_fraction) + " of the image";
+  $("rule").textContent = r.mask_encoding;
+  const dl = $("area");
+  dl.innerHTML = "";
+  const rows = [["foreground pixels", a.foreground_pixels.toLocaleString()],
+                ["foreground area", a.foreground_mm2 === null ? "unknown (no pixel spacing)"
+                                                             : a.foreground_mm2.toFixed(1) + " mm²"]];
+  for (const [k, v] of rows) {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    dl.append(dt, dd);
+  }
+  $("overlay").src = await colouredMask(r.mask_png);
+  $("overlay").hidden = !$("overlay-toggle").checked;
+  $("overlay-toggle-label").hidden = false;
+}
+
+async function predict(file) {
+  showError("");
+  $("status").textContent = "predicting " + file.name + " …";
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let res, body;
+  try {
+    res = await fetch("/predict?preview=true", { method: "POST", body: form });
+    body = await res.json();
+  } catch (err) {
+    $("status").textContent = "";
+    showError("request failed: " + err);
+    return;
+  }
+  $("status").textContent = "";
+  if (!res.ok) {
+    showError("Error " + res.status + ": " + (body.detail || JSON.stringify(body)));
+    return;
+  }
+  $("result-panel").hidden = false;
+  $("image").src = "data:image/png;base64," + body.preview_png;
+  $("overlay").hidden = true;
+  $("overlay-toggle-label").hidden = true;
+  $("bars").innerHTML = ""; $("area").innerHTML = "";
+  const inp = body.input;
+  $("input-facts").textContent = file.name + ": " + inp.format.toUpperCase() + " " + inp.width + " × " + inp.height +
+    (inp.pixel_spacing_mm ? ", pixel " + inp.pixel_spacing_mm.map((v) => v.toFixed(3)).join(" × ") + " mm" : "") +
+    ", " + body.seconds.toFixed(2) + " s";
+  if (body.task === "classification") renderClassification(body);
+  else await renderSegmentation(body);
+  document.body.dataset.state = "done";
+}
+
+function setup() {
+  const drop = $("drop"), input = $("file-input");
+  input.addEventListener("change", () => { if (input.files.length) predict(input.files[0]); });
+  for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  drop.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) predict(e.dataTransfer.files[0]); });
+  $("overlay-toggle").addEventListener("change", (e) => { $("overlay").hidden = !e.target.checked; });
+  loadModelInfo();
+}
+setup();
