@@ -45,21 +45,27 @@ class SplitConfig(_Model):
     """How the labelled cases are split into training and validation.
 
     Exactly one method is used: an explicit ``val`` list of image file names (or paths relative to
-    ``data.root``), a random ``val_fraction``, or ``kfold`` folds with ``fold`` held out. Random methods are
-    deterministic given ``seed`` (cases are sorted by path before shuffling with ``numpy.random.default_rng``).
+    ``data.root``), a random ``val_fraction``, or ``kfold`` folds. Random methods are deterministic given
+    ``seed`` (cases are sorted by path before shuffling with ``numpy.random.default_rng``).
+
+    Cross-validation: with ``kfold: K`` and no ``fold``, a run trains all K folds (each case is in exactly one
+    validation fold), tracked as one MLflow parent run with a child run per fold, and reports the mean and
+    standard deviation over folds of every final metric (:mod:`medpipe.cv`). ``fold: k`` trains fold k only.
 
     Classification adds: predefined splits from ``data.split_column`` (rows mapped by ``column_values``; a
     predefined val split replaces ``val_fraction``/``kfold``), an optional ``test_fraction`` held out first when
     there is no predefined test split, stratification by class (``stratify``) and grouping by
     ``data.group_column`` (no patient in two splits), with scikit-learn's ``StratifiedShuffleSplit``,
     ``StratifiedKFold`` and ``StratifiedGroupKFold`` seeded by ``seed``. A grouped ``val_fraction`` f is
-    approximated by one fold of ``round(1 / f)`` group folds. The test split is never used for model selection.
+    approximated by one fold of ``round(1 / f)`` group folds. ``test_groups`` names the patients of the test
+    split instead (all their rows). The test split is never used for model selection.
     """
 
     val: Optional[List[str]] = Field(None, description="explicit validation images (file names or relative paths)")
     val_fraction: Optional[float] = Field(None, gt=0, lt=1, description="fraction of cases held out for validation")
     kfold: Optional[int] = Field(None, ge=2, description="number of folds for k-fold cross-validation")
-    fold: int = Field(0, ge=0, description="which fold is the validation fold (0-based), with kfold")
+    fold: Optional[int] = Field(None, ge=0, description="with kfold: train only this fold (0-based; its "
+                                "cases are the validation split); unset: cross-validate, i.e. train all folds")
     seed: int = Field(0, description="seed of the split's shuffle")
     test_fraction: Optional[float] = Field(None, gt=0, lt=1, description="classification: fraction held out as a "
                                            "test split when the data has no predefined test split")
@@ -67,6 +73,17 @@ class SplitConfig(_Model):
     column_values: Dict[str, Literal["train", "val", "test", "drop"]] = Field(
         {"train": "train", "val": "val", "test": "test"},
         description="classification: data.split_column value -> split (drop: leave the rows out)")
+    test_groups: Optional[List[str]] = Field(
+        None, min_length=1, description="classification with data.group_column: these groups (patient ids) "
+        "make the test split, all their rows whatever their split_column value (e.g. the patient of a "
+        "slide that is scored after training); instead of test_fraction")
+
+    @field_validator("test_groups", mode="before")
+    @classmethod
+    def _groups_as_str(cls, v: Any) -> Any:
+        # patient ids such as 8863 are read from YAML as ints; the CSV column holds them as text
+        return [str(g) if isinstance(g, int) and not isinstance(g, bool) else g for g in v] \
+            if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _one_method(self) -> "SplitConfig":
@@ -79,7 +96,11 @@ class SplitConfig(_Model):
         if self.test_fraction is not None and (self.val_fraction or 0) + self.test_fraction >= 1:
             raise ValueError(f"val_fraction + test_fraction must be < 1, found {self.val_fraction} + "
                              f"{self.test_fraction}")
-        if self.kfold is not None and self.fold >= self.kfold:
+        if self.test_groups is not None and self.test_fraction is not None:
+            raise ValueError("give only one of test_groups (named patients) and test_fraction (random patients)")
+        if self.fold is not None and self.kfold is None:
+            raise ValueError(f"fold={self.fold} needs kfold (the number of folds), e.g. kfold: 5")
+        if self.kfold is not None and self.fold is not None and self.fold >= self.kfold:
             raise ValueError(f"fold must be < kfold={self.kfold}, found fold={self.fold}")
         return self
 
@@ -469,6 +490,92 @@ class InferConfig(_Model):
     save_probabilities: bool = Field(False, description="also save foreground probability maps (.npy float32)")
 
 
+class SlideSpec(_Model):
+    """One slide to infer after training, with its optional patch label mask (for the score)."""
+
+    image: str = Field(..., description="slide file (SVS, TIFF, DICOM WSI, PNG/JPEG), absolute or relative to "
+                       "data.root")
+    label_mask: Optional[str] = Field(None, description="patch label mask of the same field of view (PNG; "
+                                      "background_label / negative_label / positive_label), relative to data.root; "
+                                      "without it the slide is inferred but not scored")
+
+
+class SlideIntensityConfig(_Model):
+    """Linear intensity mapping of slide windows ``[a_min, a_max] -> [b_min, b_max]`` (as MONAI
+    ``ScaleIntensityRange``): required, so that no slide is rescaled silently; it must equal the
+    ``ScaleIntensityRanged`` of ``transforms.val`` when that chain has one."""
+
+    a_min: float = Field(..., description="raw value mapped to b_min (0 for uint8 RGB)")
+    a_max: float = Field(..., description="raw value mapped to b_max (255 for uint8 RGB)")
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> "SlideIntensityConfig":
+        if self.a_min == self.a_max:
+            raise ValueError(f"a_min == a_max == {self.a_min}: the intensity range is empty")
+        return self
+
+
+class SlideInferConfig(_Model):
+    """Patch-classifier heatmaps of whole slides after training (classification only), and their score.
+
+    The best network slides over each slide (:func:`medpipe.inference.slide.predict_slide_heatmap`: tile-streamed,
+    background skipped by an Otsu tissue mask, output in a Zarr store plus heatmap and overlay PNGs). A window of
+    ``roi_size`` pixels at ``level`` is one training patch at the slide's scale (50 for the IDC patches); it is
+    scaled by ``intensity`` and, when the network's ``input_size`` differs, resized to it with ``resize_mode``,
+    which must be what ``transforms.val`` does to a patch (a ``Resized`` to ``input_size`` with the same
+    ``mode``). With a ``label_mask``, the heatmap is scored per ``roi_size`` cell: ROC AUC of ``positive_label``
+    vs ``negative_label`` cells (:func:`medpipe.inference.slide.score_heatmap`; Janowczyk & Madabhushi 2016), plus
+    sensitivity / specificity / F1 at the run's operating threshold.
+    """
+
+    slides: List[SlideSpec] = Field(..., min_length=1, description="slides to infer (and score)")
+    roi_size: Union[int, Tuple[int, int]] = Field(..., description="window (h, w) in pixels at `level`: the "
+                                                  "training patch size at the slide's scale")
+    input_size: Optional[Union[int, Tuple[int, int]]] = Field(
+        None, description="network input (h, w) the windows are resized to; default: net.input_size (lenet), "
+        "else roi_size")
+    resize_mode: Literal["area", "bilinear", "bicubic", "nearest"] = Field(
+        "area", description="torch interpolate mode of that resize; must equal the val Resized mode")
+    intensity: SlideIntensityConfig = Field(..., description="required: how raw slide values are scaled")
+    overlap: float = Field(0.0, ge=0, lt=1, description="window overlap fraction (0: one prediction per patch)")
+    mode: Literal["constant", "gaussian"] = Field("constant", description="blending of overlapping windows")
+    sigma_scale: float = Field(0.125, gt=0, description="gaussian sigma as a fraction of roi_size")
+    sw_batch_size: int = Field(256, ge=1, description="windows per network call")
+    tile_size: int = Field(2048, ge=16, description="side of the output tiles processed at once, pixels")
+    level: Optional[int] = Field(None, ge=0, description="pyramid level (default 0); or mpp")
+    mpp: Optional[float] = Field(None, gt=0, description="resolution in micrometres per pixel instead of level")
+    tissue: bool = Field(True, description="skip background windows by an Otsu tissue mask")
+    min_tissue: float = Field(0.0, ge=0, lt=1, description="a window runs when its tissue fraction exceeds this")
+    tissue_channel: Literal["saturation", "grey"] = Field("saturation", description="tissue mask signal: HSV "
+                                                          "saturation (H&E) or darkness (grey, weak stains)")
+    tissue_max_size: int = Field(2048, ge=16, description="largest side of the tissue mask, pixels")
+    backend: Literal["auto", "openslide", "tifffile", "cucim", "dicom", "pil"] = Field(
+        "auto", description="slide reader (medpipe.data.wsi.open_slide); auto picks by file type")
+    class_index: int = Field(1, ge=0, description="output class shown in the heatmap and scored (positive)")
+    positive_label: int = Field(2, description="label_mask value of positive patches (IDC: 2)")
+    negative_label: int = Field(1, description="label_mask value of negative patches (non-IDC: 1)")
+    background_label: int = Field(0, description="label_mask value of unannotated pixels (not scored)")
+    thumbnail_size: int = Field(1024, ge=16, description="largest side of the heatmap / overlay PNGs")
+    alpha: float = Field(0.5, ge=0, le=1, description="overlay opacity at probability 1")
+
+    @model_validator(mode="after")
+    def _level_or_mpp(self) -> "SlideInferConfig":
+        if self.level is not None and self.mpp is not None:
+            raise ValueError("give level or mpp, not both")
+        labels = (self.positive_label, self.negative_label, self.background_label)
+        if len(set(labels)) != 3:
+            raise ValueError(f"positive_label, negative_label and background_label must differ, found {labels}")
+        return self
+
+
+def _pair(v: Any) -> Tuple[int, ...]:
+    """``28`` or ``[28, 28]`` -> ``(28, 28)`` (2-D sizes)."""
+    return (int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(i) for i in v)
+
+
 class TrackingConfig(_Model):
     """MLflow tracking. The default backend store is a local sqlite file (``sqlite:///mlflow.db``)."""
 
@@ -516,6 +623,8 @@ class PipelineConfig(_Model):
     train: TrainConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     infer: Optional[InferConfig] = Field(None, description="sliding-window inference; required for segmentation")
+    slide_infer: Optional[SlideInferConfig] = Field(None, description="classification: heatmaps of whole slides "
+                                                    "with the best network, scored against label masks")
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -538,6 +647,8 @@ class PipelineConfig(_Model):
             self._check_segmentation(problems)
         else:
             self._check_classification(problems)
+        if self.slide_infer is not None:
+            self._check_slide_infer(problems)
         names, key = self.metrics.names, self.metrics.key_metric
         allowed = SEGMENTATION_METRICS if self.task == "segmentation" else CLASSIFICATION_METRICS
         for i, m in enumerate(names or []):
@@ -627,6 +738,62 @@ class PipelineConfig(_Model):
             problems.append((("train", "freeze_backbone_epochs"), f"{self.train.freeze_backbone_epochs} >= "
                              f"train.max_epochs={self.train.max_epochs}: the backbone would never be fine-tuned"))
 
+    def slide_input_size(self) -> Tuple[int, int]:
+        """The network input ``(h, w)`` of slide windows: ``slide_infer.input_size``, else ``net.input_size``
+        (lenet), else ``slide_infer.roi_size``."""
+        si = self.slide_infer
+        if si is None:
+            raise ValueError("no slide_infer section")
+        if si.input_size is not None:
+            return _pair(si.input_size)  # type: ignore[return-value]
+        return _pair(getattr(self.net, "input_size", None) or si.roi_size)  # type: ignore[return-value]
+
+    def _check_slide_infer(self, problems: List) -> None:
+        """Slide windows must reach the network as the validation patches did: same size, resize, scaling."""
+        si = self.slide_infer
+        if self.task != "classification":
+            problems.append((("slide_infer",), "slide heatmaps come from a patch classifier: task classification "
+                             "only (segmentation uses infer)"))
+            return
+        if self.net.in_channels != 3:
+            problems.append((("net", "in_channels"), f"is {self.net.in_channels} but slide_infer reads RGB slide "
+                             "windows (3 channels)"))
+        if si.class_index >= self.net.num_classes:
+            problems.append((("slide_infer", "class_index"), f"{si.class_index} >= net.num_classes="
+                             f"{self.net.num_classes}"))
+        roi, size = _pair(si.roi_size), self.slide_input_size()
+        net_size = getattr(self.net, "input_size", None)
+        if net_size is not None and _pair(net_size) != size:
+            problems.append((("slide_infer", "input_size"), f"{list(size)} but net.input_size is "
+                             f"{list(_pair(net_size))}: the network only accepts that size"))
+        val = [t for t in self.transforms.val if "image" in _keys_of(t)]
+        resized = [t for t in val if t.name == "Resized"]
+        if size != roi:
+            good = [t for t in resized if _pair(t.kwargs.get("spatial_size", 0)) == size]
+            if not good:
+                problems.append((("slide_infer", "roi_size"), f"{list(roi)}-pixel windows are resized to the "
+                                 f"network's {list(size)}, but transforms.val has no Resized of image to "
+                                 f"spatial_size {list(size)}: patches and slide windows would reach the network at "
+                                 f"different scales. Resize the patches the same way, or set roi_size to "
+                                 f"{list(size)} (the network's input at the slide's scale)"))
+            elif good[0].kwargs.get("mode", "area") != si.resize_mode:
+                problems.append((("slide_infer", "resize_mode"), f"{si.resize_mode!r} but transforms.val resizes "
+                                 f"patches with mode {good[0].kwargs.get('mode', 'area')!r}"))
+        elif any(_pair(t.kwargs.get("spatial_size", 0)) != size for t in resized):
+            problems.append((("slide_infer", "roi_size"), f"{list(roi)} windows go to the network unresized, but "
+                             f"transforms.val resizes patches: set slide_infer.roi_size to the patch size at the "
+                             f"slide's scale and input_size to the Resized spatial_size"))
+        scale = next((t for t in val if t.name == "ScaleIntensityRanged"), None)
+        if scale is not None:
+            kw, it = scale.kwargs, si.intensity
+            theirs = (kw.get("a_min"), kw.get("a_max"), kw.get("b_min"), kw.get("b_max"), bool(kw.get("clip", False)))
+            ours = (it.a_min, it.a_max, it.b_min, it.b_max, it.clip)
+            if tuple(None if v is None else float(v) if not isinstance(v, bool) else v for v in theirs) != ours:
+                problems.append((("slide_infer", "intensity"), f"maps [{it.a_min}, {it.a_max}] -> [{it.b_min}, "
+                                 f"{it.b_max}] clip={it.clip} but transforms.val ScaleIntensityRanged maps "
+                                 f"[{kw.get('a_min')}, {kw.get('a_max')}] -> [{kw.get('b_min')}, {kw.get('b_max')}] "
+                                 f"clip={kw.get('clip', False)}: slide windows must be scaled like the patches"))
+
     def infer_transforms(self) -> List[TransformSpec]:
         """Transforms for unlabelled images: ``transforms.infer`` or ``transforms.val`` without ``label``."""
         if self.transforms.infer is not None:
@@ -644,6 +811,11 @@ class PipelineConfig(_Model):
                     kw["keys"] = keys
             out.append(TransformSpec(name=spec.name, **kw))
         return out
+
+
+def _keys_of(spec: TransformSpec) -> List[str]:
+    keys = spec.kwargs.get("keys", [])
+    return [keys] if isinstance(keys, str) else list(keys)
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -10,6 +10,10 @@ Artifacts of a run go to ``<output_dir>/<run name>/``:
 * segmentation: ``plots/`` (training curves, overlays) and ``predictions/<split>/`` (masks);
 * classification: ``report.md`` (one page: test metrics, threshold, confusion matrix, published anchor),
   ``plots/`` (learning curves, ROC, confusion matrices, misclassified examples) and ``predictions/<split>.csv``.
+
+Cross-validation (``data.split.kfold`` without ``fold``, :mod:`medpipe.cv`): the run folder holds
+``config.resolved.yaml``, ``manifest.json`` (all folds), ``cv_summary.json`` / ``.md`` and one run folder per fold,
+``fold_<k>/``, as above.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
@@ -78,8 +82,12 @@ class _Data:
         return out
 
 
-def _prepare_data(cfg: PipelineConfig) -> _Data:
-    """Discover, verify and split the cases of either task (no torch work)."""
+def _discover(cfg: PipelineConfig) -> Tuple[List[Dict], Optional[List[str]], List[Dict]]:
+    """Discover the cases, check the readers fit the files, run the integrity check (no torch work).
+
+    Returns:
+        ``(cases, class names or None, problems)`` (problems: the integrity check's ``{"file", "reason"}`` rows).
+    """
     from medpipe.data import datasets as D
 
     if cfg.task == "segmentation":
@@ -90,9 +98,25 @@ def _prepare_data(cfg: PipelineConfig) -> _Data:
         if len(classes) != cfg.net.num_classes:
             raise D.DataError(f"the data under data.root {cfg.data.root!r} has {len(classes)} classes {classes} "
                               f"but net.num_classes is {cfg.net.num_classes}; set data.classes or net.num_classes")
+    D.check_reader_support(cases, {"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val})
     problems: List[Dict] = []
     if cfg.data.verify:
         cases, problems = D.verify_cases(cases, cfg.data.on_bad_image)
+    return cases, classes, problems
+
+
+def _prepare_data(cfg: PipelineConfig,
+                  discovered: Optional[Tuple[List[Dict], Optional[List[str]], List[Dict]]] = None) -> _Data:
+    """Discover, verify and split the cases of either task (no torch work).
+
+    Args:
+        cfg: the pipeline.
+        discovered: the result of :func:`_discover` when already done (cross-validation discovers and checks the
+            files once, then splits them per fold).
+    """
+    from medpipe.data import datasets as D
+
+    cases, classes, problems = discovered if discovered is not None else _discover(cfg)
     if cfg.task == "segmentation":
         train, val = D.split_cases(cases, cfg.data.split)
         test: List[Dict] = []
@@ -123,13 +147,23 @@ def _write_problems(problems: List[Dict], out_dir: Path) -> Optional[Path]:
     return path
 
 
-def run_pipeline(cfg: PipelineConfig) -> RunResult:
+def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Optional[_Data] = None) -> RunResult:
     """Train, evaluate and predict a validated pipeline; track it in MLflow.
 
     Segmentation: train, re-evaluate the best checkpoint on the validation split, predict masks for
     ``infer.splits``. Classification: train, reload the best checkpoint (chosen on the validation split's key
     metric), choose the operating threshold on the validation split, evaluate validation and the held-out test
     split, and write ``metrics.json``, ``report.md``, ``predictions/<split>.csv`` and the plots.
+
+    With ``data.split.kfold`` and no ``data.split.fold`` this is a cross-validation:
+    :func:`medpipe.cv.run_cross_validation` runs every fold and the result is a :class:`medpipe.cv.CVResult`.
+    A run started while an MLflow run is active (a cross-validation parent, or the caller's own) is its child.
+
+    Args:
+        cfg: the validated pipeline.
+        out_dir: the run's artifact folder (created; must not exist); default ``<output_dir>/<name>-<time>``.
+        data: the split cases, when already prepared (cross-validation folds); default: discovered, checked and
+            split here.
 
     Raises:
         medpipe.data.datasets.DataError: bad or inconsistent data (names the file).
@@ -145,14 +179,19 @@ def run_pipeline(cfg: PipelineConfig) -> RunResult:
     from medpipe.nets.factory import prepare_net
     from medpipe.tracking import Tracker, env_summary, git_commit, library_versions
 
+    if cfg.data.split.kfold is not None and cfg.data.split.fold is None and data is None:
+        from medpipe.cv import run_cross_validation
+
+        return run_cross_validation(cfg)
     t0 = time.time()
-    out_dir = _run_dir(cfg)
+    out_dir = Path(out_dir) if out_dir is not None else _run_dir(cfg)
     out_dir.mkdir(parents=True)
     resolved = resolved_dict(cfg)
     (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    data = _prepare_data(cfg)
+    _slide_files(cfg)  # a missing slide or mask fails now, not after training
+    data = data if data is not None else _prepare_data(cfg)
     manifest = {"train": data.train, "val": data.val, "test": data.test, "skipped": data.problems}
     if data.classes is not None:
         manifest["classes"] = data.classes
@@ -223,6 +262,8 @@ def run_pipeline(cfg: PipelineConfig) -> RunResult:
                                            cfg.train.seed)
             _finish_classification(cfg, engines, val_loader, test_loader, data, out_dir, tracker, final,
                                    train_seconds, t0)
+            if cfg.slide_infer is not None:
+                _finish_slides(cfg, engines.net, engines.device, out_dir, tracker, final, t0)
         model_uri = tracker.log_model(engines.net)
     return RunResult(out_dir, final, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None,
                      model_uri, predictions, time.time() - t0)
@@ -303,6 +344,140 @@ def _finish_classification(cfg, engines, val_loader, test_loader, data: _Data, o
     (out_dir / "report.md").write_text(_classification_report(cfg, data, ev, final, tracker.run_id))
     for p in ("metrics.json", "report.md", "plots", "predictions"):
         tracker.log_artifact(out_dir / p, p if p in ("plots", "predictions") else None)
+
+
+def _slide_files(cfg: PipelineConfig) -> List[Tuple[Path, Optional[Path]]]:
+    """``(slide, label mask or None)`` paths of ``slide_infer.slides``, resolved against ``data.root``.
+
+    Raises:
+        FileNotFoundError: a slide or mask file does not exist (names the field and the path).
+    """
+    if cfg.slide_infer is None:
+        return []
+    from medpipe.data.datasets import resolve_root
+
+    root = resolve_root(cfg.data.root)
+    out = []
+    for i, spec in enumerate(cfg.slide_infer.slides):
+        paths = []
+        for key in ("image", "label_mask"):
+            value = getattr(spec, key)
+            path = None if value is None else (Path(value) if Path(value).is_absolute() else root / value)
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(f"slide_infer.slides.{i}.{key}: {path} not found (relative paths are "
+                                        f"relative to data.root {root})")
+            paths.append(path)
+        out.append((paths[0], paths[1]))
+    return out
+
+
+def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, final: Dict, t0: float) -> None:
+    """Heatmap and score every ``slide_infer`` slide with the (best) network; extend metrics.json and report.md.
+
+    Writes ``slides/<stem>_heatmap.zarr`` (kept on disk, not uploaded), ``slides/<stem>_heatmap.png`` and
+    ``slides/<stem>_overlay.png`` (logged under the run's ``slides/`` artifacts) and ``slides/slides.json``.
+    Metrics: ``slide_auc`` (mean over scored slides; ROC AUC of positive vs negative label-mask cells),
+    ``slide_seconds``, ``slide_tiles_per_second``, and per slide ``slide_<stem>_<metric>``. Sensitivity,
+    specificity and F1 of the cells use the run's operating threshold (``metrics.json`` ``threshold``; 0.5 for
+    argmax runs).
+    """
+    import re
+
+    import numpy as np
+
+    from medpipe.inference.slide import predict_slide_heatmap, score_heatmap
+
+    si = cfg.slide_infer
+    doc = json.loads((out_dir / "metrics.json").read_text())
+    threshold = doc.get("threshold") if doc.get("threshold") is not None else 0.5
+    slide_dir = out_dir / "slides"
+    rows, scalars = [], {}
+    for slide_path, mask_path in _slide_files(cfg):
+        hm = predict_slide_heatmap(
+            net, slide_path, roi_size=si.roi_size, out_dir=slide_dir, a_min=si.intensity.a_min,
+            a_max=si.intensity.a_max, b_min=si.intensity.b_min, b_max=si.intensity.b_max, clip=si.intensity.clip,
+            overlap=si.overlap, mode=si.mode, sigma_scale=si.sigma_scale, sw_batch_size=si.sw_batch_size,
+            tile_size=si.tile_size, level=si.level, mpp=si.mpp, input_size=cfg.slide_input_size(),
+            resize_mode=si.resize_mode, class_index=si.class_index, tissue=si.tissue, min_tissue=si.min_tissue,
+            tissue_channel=si.tissue_channel, tissue_max_size=si.tissue_max_size, backend=si.backend, device=device,
+            thumbnail_size=si.thumbnail_size, alpha=si.alpha, progress=cfg.train.progress)
+        row = {"slide": str(slide_path), "label_mask": str(mask_path) if mask_path else None, "level": hm.level,
+               "shape": list(hm.shape), "windows": hm.n_windows, "windows_run": hm.n_windows_run,
+               "tissue_fraction": hm.tissue_fraction, "inference_seconds": hm.inference_seconds,
+               "seconds": hm.seconds, "tiles_per_second": hm.tiles_per_second,
+               "heatmap_png": str(hm.heatmap_png.relative_to(out_dir)),
+               "overlay_png": str(hm.overlay_png.relative_to(out_dir)), "settings": hm.settings}
+        if mask_path is not None:
+            row["score"] = _score_slide(hm, mask_path, si, threshold, score_heatmap)
+        rows.append(row)
+        tag = re.sub(r"[^A-Za-z0-9_]", "_", slide_path.name.split(".")[0])
+        scalars.update({f"slide_{tag}_{k}": v for k, v in row.get("score", {}).items() if not k.startswith("n_")})
+        scalars[f"slide_{tag}_seconds"] = hm.seconds
+        for p in (hm.heatmap_png, hm.overlay_png):
+            tracker.log_artifact(p, "slides")
+    aucs = [r["score"]["auc"] for r in rows if "score" in r]
+    if aucs:
+        scalars["slide_auc"] = float(np.mean(aucs))
+    scalars["slide_seconds"] = float(sum(r["seconds"] for r in rows))
+    scalars["slide_tiles_per_second"] = sum(r["windows_run"] for r in rows) / max(
+        sum(r["inference_seconds"] for r in rows), 1e-9)
+    final.update(scalars)
+    final["total_seconds"] = time.time() - t0
+    tracker.log_metrics({**scalars, "total_seconds": final["total_seconds"]})
+    (slide_dir / "slides.json").write_text(json.dumps(_no_nan(rows), indent=1))
+    doc["final"] = final
+    doc["slides"] = rows
+    (out_dir / "metrics.json").write_text(json.dumps(_no_nan(doc), indent=1))
+    with open(out_dir / "report.md", "a") as fh:
+        fh.write(_slide_report(rows, threshold, si))
+    for p in ("metrics.json", "report.md", "slides/slides.json"):
+        tracker.log_artifact(out_dir / p, "slides" if p.startswith("slides/") else None)
+
+
+def _score_slide(hm, mask_path: Path, si, threshold: float, score_heatmap) -> Dict:
+    """Score one heatmap against its label mask over ``roi_size`` cells (coverage = where windows ran)."""
+    import numpy as np
+    import zarr
+    from PIL import Image
+
+    from medpipe.data.datasets import DataError
+
+    with Image.open(mask_path) as im:
+        mask = np.asarray(im)
+    if mask.ndim != 2:
+        raise DataError(f"slide_infer label_mask {mask_path}: expected a one-channel label image, found shape "
+                        f"{mask.shape} (mode {im.mode})")
+    coverage = np.asarray(zarr.open_group(str(hm.zarr_path), mode="r")["weight"]) > 0
+    score = score_heatmap(hm.heatmap(), mask, si.roi_size, positive_label=si.positive_label,
+                          negative_label=si.negative_label, background_label=si.background_label,
+                          threshold=threshold, coverage=coverage)
+    logger.info("slide %s: AUC %.4f over %d cells (%d positive, %d negative, %d not inferred)", hm.slide.name,
+                score["auc"], score["n_patches"], score["n_pos"], score["n_neg"], score["n_uncovered"])
+    return score
+
+
+def _slide_report(rows: List[Dict], threshold: float, si) -> str:
+    """The ``## Slide heatmaps`` section appended to ``report.md``."""
+    lines = ["", "## Slide heatmaps", "",
+             f"Windows of {si.roi_size} pixels at level {rows[0]['level']}, overlap {si.overlap}, {si.mode} "
+             f"blending, resized to the network input {rows[0]['settings']['input_size']}, intensity "
+             f"{rows[0]['settings']['intensity']}; background skipped: {si.tissue}. Each label-mask cell is scored by "
+             f"its mean P(class {si.class_index}); AUC of label {si.positive_label} vs {si.negative_label} cells, "
+             f"sensitivity / specificity / F1 at the run's threshold {threshold:.4f}.", "",
+             "| slide | size (h x w) | windows run / all | cells (pos / neg) | AUC | sensitivity | specificity | "
+             "balanced accuracy | F1 | seconds | windows/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sc = r.get("score")
+        cells = f"{sc['n_patches']} ({sc['n_pos']} / {sc['n_neg']})" if sc else "not scored"
+        m = [_fmt(sc[k]) if sc else "n/a" for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "f1")]
+        lines.append(f"| {Path(r['slide']).name} | {r['shape'][0]} x {r['shape'][1]} | {r['windows_run']} / "
+                     f"{r['windows']} | {cells} | " + " | ".join(m) + f" | {r['seconds']:.1f} | "
+                     f"{r['tiles_per_second']:.0f} |")
+    lines.append("")
+    for r in rows:
+        lines.append(f"![{Path(r['slide']).name} overlay]({r['overlay_png']})")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def _write_predictions(path: Path, sp, preds, classes: List[str]) -> None:
@@ -431,6 +606,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"artifacts: {result.output_dir}")
+    for fold in getattr(result, "folds", []):  # cross-validation: one child run per fold
+        print(f"  fold {fold.output_dir.name}: {fold.output_dir} (MLflow child run {fold.run_id})")
     for k, v in result.metrics.items():
         print(f"  {k}: {v:.4f}")
     if result.run_id:

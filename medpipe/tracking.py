@@ -68,6 +68,7 @@ class Tracker:
         self.enabled = bool(cfg.enabled)
         self.run_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
+        self.parent_run_id: Optional[str] = None
         self.history: Dict[str, list] = {"train": [], "val": []}
         self._experiment = cfg.experiment or pipeline_name
         self._mlflow = None
@@ -82,7 +83,12 @@ class Tracker:
         return False
 
     def start(self) -> None:
-        """Create (or reuse) the experiment and start the run."""
+        """Create (or reuse) the experiment and start the run.
+
+        When an MLflow run is already active in this thread (a cross-validation parent run, or the caller's own
+        run), the new run is started as its child (``mlflow.start_run(nested=True)``; MLflow sets the tag
+        ``mlflow.parentRunId``).
+        """
         if not self.enabled:
             return
         import mlflow
@@ -95,9 +101,11 @@ class Tracker:
                                                           artifact_location=self.cfg.artifact_location)
         else:
             self.experiment_id = exp.experiment_id
+        parent = mlflow.active_run()
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.cfg.run_name,
-                               tags=dict(self.cfg.tags))
+                               tags=dict(self.cfg.tags), nested=parent is not None)
         self.run_id = run.info.run_id
+        self.parent_run_id = parent.info.run_id if parent is not None else None
         logger.info("MLflow run %s in experiment %r at %s", self.run_id, self._experiment, self.cfg.tracking_uri)
 
     def end(self, status: str = "FINISHED") -> None:

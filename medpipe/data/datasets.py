@@ -40,6 +40,9 @@ __all__ = [
     "class_counts",
     "balanced_class_weights",
     "inverse_frequency_weights",
+    "cross_validation_folds",
+    "check_reader_support",
+    "PIL_ONLY_SUFFIXES",
 ]
 
 _EXTS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".pgm", ".bmp", ".npy", ".mha", ".nrrd")
@@ -192,7 +195,7 @@ def split_cases(cases: Sequence[Dict[str, str]], split_cfg) -> Tuple[List[Dict],
             if n < split_cfg.kfold:
                 raise DataError(f"data.split.kfold={split_cfg.kfold} needs at least that many cases, found {n}")
             folds = np.array_split(order, split_cfg.kfold)
-            val_set = set(folds[split_cfg.fold].tolist())
+            val_set = set(folds[_fold_index(split_cfg)].tolist())
         else:
             n_val = max(1, int(round(n * split_cfg.val_fraction)))
             val_set = set(order[:n_val].tolist())
@@ -244,6 +247,49 @@ def image_shape(path: str) -> Tuple[int, ...]:
         raise
     except Exception as exc:
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+#: Netpbm suffixes (e.g. the mini-MIAS originals, 8-bit binary ``P5`` PGM) that among MONAI's readers only
+#: ``PILReader`` reads. ``LoadImaged`` without a ``reader`` picks ``ITKReader`` for them (it claims every suffix),
+#: which fails with "Could not create IO object"; without ITK no reader is found at all.
+PIL_ONLY_SUFFIXES = (".pgm", ".ppm", ".pbm", ".pnm")
+
+
+def check_reader_support(cases: Sequence[Dict], chains: Dict[str, Sequence]) -> None:
+    """Fail before any loading when a ``LoadImaged`` would be given files its reader cannot read.
+
+    Today this covers Netpbm files (:data:`PIL_ONLY_SUFFIXES`, e.g. ``.pgm``): they need
+    ``reader: PILReader``; :func:`image_shape` (the integrity check) reads them with Pillow either way.
+
+    Args:
+        cases: the cases to be loaded (``{"image": path, ...}``; keys of ``LoadImaged`` holding a path are checked).
+        chains: config path -> transform specs (``name`` and ``kwargs``), e.g. ``{"transforms.train": [...]}``.
+
+    Raises:
+        DataError: naming the transform (``transforms.train[0] LoadImaged``), the reader it would use, an example
+            file, and the fix (``reader: PILReader, reverse_indexing: false``).
+    """
+    for where, specs in chains.items():
+        for i, spec in enumerate(specs or []):
+            if spec.name != "LoadImaged":
+                continue
+            kw = spec.kwargs
+            reader = kw.get("reader")
+            if reader == "PILReader":
+                continue
+            keys = kw.get("keys", [])
+            keys = [keys] if isinstance(keys, str) else list(keys)
+            for case in cases:
+                for key in keys:
+                    path = case.get(key)
+                    if isinstance(path, str) and path.lower().endswith(PIL_ONLY_SUFFIXES):
+                        used = (f"reader {reader}" if reader else "no reader, so MONAI picks one by suffix "
+                                "(ITKReader, which cannot read Netpbm files)")
+                        raise DataError(
+                            f"{where}[{i}] LoadImaged has {used}, but {key} files such as {path} are "
+                            f"{os.path.splitext(path)[1]} (Netpbm) images that only MONAI's PILReader reads; add "
+                            "`reader: PILReader, reverse_indexing: false` to that LoadImaged (reverse_indexing: "
+                            "false keeps numpy's (H, W) axis order)")
 
 
 def verify_cases(cases: Sequence[Dict[str, str]], on_bad_image: str = "error") -> Tuple[List[Dict], List[Dict]]:
@@ -523,14 +569,15 @@ def _kfold(cases: List[Dict], k: int, fold: int, stratify: bool, seed: int) -> T
             folds = list(splitter.split(idx, y))
     except ValueError as exc:
         raise DataError(f"data.split.kfold={k}: cannot split {len(cases)} cases ({exc})") from None
-    keep, held = folds[fold]
+    keep, held = folds[_fold_index(split_cfg=None, k=k, fold=fold)]
     return [cases[i] for i in sorted(keep)], [cases[i] for i in sorted(held)]
 
 
 def split_classification_cases(cases: Sequence[Dict], split_cfg) -> Tuple[List[Dict], List[Dict], List[Dict]]:
     """Deterministic train / validation / test split of classification cases.
 
-    Order of decisions: cases with a predefined ``split`` go there; without a predefined test split,
+    Order of decisions: cases of a group named in ``test_groups`` go to test (whatever their predefined
+    split); other cases with a predefined ``split`` go there; without a predefined test split,
     ``test_fraction`` (if set) is held out of the training pool first; without a predefined val split, the
     validation split comes from ``val`` (file names), ``kfold``/``fold`` or ``val_fraction`` of what remains.
     Stratified by class (``stratify``) and grouped by ``group`` when the cases have one, via scikit-learn
@@ -546,13 +593,22 @@ def split_classification_cases(cases: Sequence[Dict], split_cfg) -> Tuple[List[D
 
     Raises:
         DataError: a split would be empty, a class cannot be stratified (too few cases), an explicit validation
-            file is unknown, or a group (patient) ends up in two splits (predefined splits included; the message
-            names the group and suggests mapping a split to ``drop``).
+            file is unknown, a group (patient) ends up in two splits (predefined splits included; the message
+            names the group and suggests mapping a split to ``drop``), or a ``test_groups`` entry is not a
+            group of the data.
     """
     cases = sorted(cases, key=lambda c: c["image"])
+    test_groups = set(getattr(split_cfg, "test_groups", None) or [])
+    if test_groups:
+        found = {c.get("group") for c in cases}
+        unknown = sorted(test_groups - found)
+        if unknown:
+            known = sorted(g for g in found if g is not None)
+            raise DataError(f"data.split.test_groups: group(s) {unknown} not found in data.group_column "
+                            f"(groups: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''})")
     pre: Dict[str, List[Dict]] = {"train": [], "val": [], "test": []}
     for c in cases:
-        pre[c.get("split", "train")].append(c)
+        pre["test" if c.get("group") in test_groups else c.get("split", "train")].append(c)
     pool, val, test = pre["train"], pre["val"], pre["test"]
     if not test and split_cfg.test_fraction is not None:
         pool, test = _holdout(pool, split_cfg.test_fraction, split_cfg.stratify, split_cfg.seed,
@@ -587,6 +643,69 @@ def split_classification_cases(cases: Sequence[Dict], split_cfg) -> Tuple[List[D
                 f"must not be in two splits. If a predefined split causes this, map it to drop in "
                 f"data.split.column_values")
     return pool, val, test
+
+
+def _fold_index(split_cfg=None, k: Optional[int] = None, fold: Optional[int] = None) -> int:
+    """The validation fold of a single k-fold run; a clear error when none is chosen (cross-validation)."""
+    if split_cfg is not None:
+        k, fold = split_cfg.kfold, split_cfg.fold
+    if fold is None:
+        raise DataError(f"data.split.kfold={k} without data.split.fold means cross-validation (all folds): run it "
+                        "with medpipe.cv.run_cross_validation (medpipe.run does), or set data.split.fold to train "
+                        "one fold")
+    return int(fold)
+
+
+def cross_validation_folds(cases: Sequence[Dict], split_cfg, task: str = "classification"
+                           ) -> Tuple[List[Tuple[List[Dict], List[Dict]]], List[Dict]]:
+    """All ``split_cfg.kfold`` folds of a cross-validation, and the test split held out before them.
+
+    Fold ``k`` is exactly what a single run with ``data.split.fold: k`` trains on (the same functions,
+    :func:`split_classification_cases` / :func:`split_cases`, with ``fold = k``), so the folds are stratified
+    by class (and grouped by patient when the cases have a ``group``) and deterministic given ``seed``.
+
+    Args:
+        cases: from :func:`discover_classification_cases` (classification) or :func:`discover_cases`.
+        split_cfg: :class:`medpipe.config.SplitConfig` with ``kfold`` set (``fold`` is ignored).
+        task: ``"classification"`` or ``"segmentation"`` (no test split: segmentation test images are
+            unlabelled and come from ``data.test_images``).
+
+    Returns:
+        ``(folds, test)``: ``folds[k] = (train_k, val_k)``, case lists sorted by image path; ``test`` the held-out
+        test cases (predefined or ``test_fraction``; empty if none), the same for every fold.
+
+    Raises:
+        DataError: ``kfold`` is not set; the data defines its own validation split (``data.split_column``), which
+            leaves nothing to cross-validate; or a fold cannot be made (see :func:`split_classification_cases`).
+        RuntimeError: the folds are not a partition of the training pool (a bug, not a data problem).
+    """
+    k = split_cfg.kfold
+    if k is None:
+        raise DataError("cross-validation needs data.split.kfold (the number of folds), e.g. kfold: 5")
+    if task == "classification":
+        predefined_val = [c["image"] for c in cases if c.get("split") == "val"]
+        if predefined_val:
+            raise DataError(f"data.split.kfold={k}: the data defines a validation split ({len(predefined_val)} "
+                            f"cases, e.g. {predefined_val[0]}) in data.split_column, so there is nothing to "
+                            "cross-validate; map it to train in data.split.column_values (e.g. {val: train}) or "
+                            "remove kfold")
+    folds: List[Tuple[List[Dict], List[Dict]]] = []
+    test: List[Dict] = []
+    for fold in range(k):
+        one = split_cfg.model_copy(update={"fold": fold})
+        if task == "classification":
+            train, val, test_k = split_classification_cases(cases, one)
+        else:
+            (train, val), test_k = split_cases(cases, one), []
+        if fold and test_k != test:
+            raise RuntimeError(f"fold {fold}: the held-out test split differs from fold 0's")
+        test = test_k
+        folds.append((train, val))
+    pool = sorted(c["image"] for c in folds[0][0] + folds[0][1])
+    vals = sorted(c["image"] for _, val in folds for c in val)
+    if vals != pool:
+        raise RuntimeError(f"the {k} validation folds do not cover the {len(pool)} training-pool cases exactly once")
+    return folds, test
 
 
 def class_counts(cases: Sequence[Dict], num_classes: int) -> np.ndarray:

@@ -1,0 +1,247 @@
+"""Cross-validation as a protocol: all K folds of one pipeline, one MLflow parent run, one child run per fold.
+
+With ``data.split.kfold: K`` and no ``data.split.fold``, ``python -m medpipe.run`` (and
+:func:`medpipe.run.run_pipeline`) call :func:`run_cross_validation`:
+
+1. the cases are discovered and integrity-checked once;
+2. a test split (predefined, or ``data.split.test_fraction``) is held out once, before the folds; the rest, the
+   training pool, is cut into K folds (:func:`medpipe.data.datasets.cross_validation_folds`): stratified by class,
+   grouped by patient when ``data.group_column`` is set, deterministic given ``data.split.seed``, every pool case
+   in exactly one validation fold;
+3. an MLflow **parent run** gets the resolved config, ``manifest.json`` (every fold's train / val cases, the test
+   cases, the skipped files) and, at the end, the summary metrics ``cv_mean_<metric>`` and ``cv_std_<metric>``
+   over folds of every final metric of the folds (e.g. ``cv_mean_test_accuracy``, ``cv_std_best_val_dice``)
+   and ``cv_summary.json`` / ``cv_summary.md`` (a table, one row per fold, then mean and standard deviation);
+4. each fold k is a normal pipeline run (:func:`medpipe.run.run_pipeline` with ``data.split.fold = k``) in
+   ``<parent dir>/fold_<k>/``, tracked as a **child run** (``mlflow.start_run(nested=True)``, tag ``fold``,
+   name ``<name>-fold<k>``); each fold's best model is evaluated on the same held-out test split.
+
+A fold that crashes ends its child run and the parent run as ``FAILED`` (the parent keeps the summary of the folds
+completed before, and the tag ``cv.failed_fold``); the exception is re-raised and later folds are not run.
+
+Like :mod:`medpipe.run`, this is a wiring module: library modules import neither.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from medpipe.config import PipelineConfig, flatten, resolved_dict
+from medpipe.run import RunResult, _discover, _prepare_data, _run_dir, _write_problems, run_pipeline
+
+logger = logging.getLogger("medpipe.cv")
+
+__all__ = ["CVResult", "run_cross_validation", "summarize_folds", "fold_config"]
+
+
+@dataclass
+class CVResult(RunResult):
+    """What a cross-validation produced; a :class:`medpipe.run.RunResult` of the parent run.
+
+    Attributes:
+        output_dir: the parent run's folder (``fold_<k>/`` inside it are the folds' run folders).
+        metrics: the summary, ``{"cv_mean_<metric>": float, "cv_std_<metric>": float, ...}`` (as logged to the
+            parent run).
+        run_id: the MLflow parent run (``None`` when tracking is disabled).
+        model_uri: always ``None`` (each fold logs its own model; see ``folds[k].model_uri``).
+        folds: the folds' :class:`RunResult`, in fold order (each with its child ``run_id`` and ``metrics``).
+        summary: ``{metric: {"mean": float, "std": float, "n": int}}`` over the folds where the metric is finite.
+        kfold: the number of folds K.
+    """
+
+    folds: List[RunResult] = field(default_factory=list)
+    summary: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    kfold: int = 0
+
+
+def summarize_folds(fold_metrics: Sequence[Dict[str, float]]) -> Tuple[Dict[str, float], Dict[str, Dict]]:
+    """Mean and standard deviation over folds of each final metric.
+
+    Args:
+        fold_metrics: one ``{metric: value}`` dict per fold (a fold's :attr:`RunResult.metrics`).
+
+    Returns:
+        ``(flat, summary)``: ``flat = {"cv_mean_<m>": mean, "cv_std_<m>": std}`` for the MLflow parent run and
+        ``summary = {m: {"mean", "std", "n"}}``. The standard deviation is the sample one (``ddof=1``, the
+        spread of a fold's result; 0.0 with a single fold). Non-finite values (e.g. an AUC undefined on a fold)
+        are left out and ``n`` counts the folds used; a metric finite on no fold is omitted. Metrics keep the
+        order in which they first appear.
+    """
+    import numpy as np
+
+    keys: List[str] = []
+    for m in fold_metrics:
+        keys += [k for k in m if k not in keys]
+    flat: Dict[str, float] = {}
+    summary: Dict[str, Dict] = {}
+    for key in keys:
+        vals = np.array([float(m[key]) for m in fold_metrics if key in m and math.isfinite(float(m[key]))])
+        if vals.size == 0:
+            continue
+        mean, std = float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        summary[key] = {"mean": mean, "std": std, "n": int(vals.size)}
+        flat[f"cv_mean_{key}"], flat[f"cv_std_{key}"] = mean, std
+    return flat, summary
+
+
+def fold_config(cfg: PipelineConfig, fold: int) -> PipelineConfig:
+    """The config of fold ``fold``: a deep copy with ``data.split.fold = fold``, run name ``<name>-fold<k>`` and
+    the tracking tags ``fold`` and ``cv.kfold`` added."""
+    out = cfg.model_copy(deep=True)
+    out.data.split.fold = fold
+    out.tracking.run_name = f"{cfg.tracking.run_name or cfg.name}-fold{fold}"
+    out.tracking.tags = {**cfg.tracking.tags, "fold": str(fold), "cv.kfold": str(cfg.data.split.kfold)}
+    return out
+
+
+def _table_columns(cfg: PipelineConfig, has_test: bool, metrics: Sequence[str]) -> List[str]:
+    """The metrics shown per fold in ``cv_summary.md``: the configured metrics on test (or best validation),
+    the key validation metric and the best epoch."""
+    names = list(cfg.metrics.names or [])
+    if cfg.task == "classification" and cfg.num_classes > 2:  # multi-class: macro means
+        names = [f"macro_{n}" if n in ("sensitivity", "specificity", "precision", "f1") else n for n in names]
+    prefix = "test_" if has_test else "best_val_"
+    cols = [prefix + n for n in names] + [f"best_val_{cfg.metrics.key_metric}", "best_epoch"]
+    seen: List[str] = []
+    for c in cols:
+        if c in metrics and c not in seen:
+            seen.append(c)
+    return seen
+
+
+def _write_summary(cfg: PipelineConfig, out_dir: Path, folds: List[Tuple[int, RunResult, Dict]], flat: Dict,
+                   summary: Dict, n_test: int, failed_fold: Optional[int]) -> List[Path]:
+    """``cv_summary.json`` (everything) and ``cv_summary.md`` (a table: folds, mean, standard deviation)."""
+    k = cfg.data.split.kfold
+    doc = {"pipeline": cfg.name, "kfold": k, "seed": cfg.data.split.seed, "n_test": n_test,
+           "std": "sample standard deviation over folds (ddof=1)", "failed_fold": failed_fold,
+           "folds": [{"fold": i, "run_id": r.run_id, "output_dir": str(r.output_dir), **sizes, "metrics": r.metrics}
+                     for i, r, sizes in folds],
+           "summary": summary, "metrics": flat}
+    (out_dir / "cv_summary.json").write_text(json.dumps(doc, indent=1))
+    metric_names = [m for _, r, _ in folds for m in r.metrics]
+    cols = _table_columns(cfg, n_test > 0, metric_names)
+    lines = [f"# {cfg.name}: {k}-fold cross-validation", ""]
+    where = (f"each fold's best checkpoint evaluated on the same held-out test split ({n_test} cases)" if n_test
+             else "no held-out test split: validation metrics of the checkpoint each fold selected (optimistic)")
+    lines.append(f"Folds stratified{' and grouped by patient' if cfg.data.group_column else ''}, seed "
+                 f"{cfg.data.split.seed}; {where}. Standard deviation: sample (ddof=1) over folds.")
+    if failed_fold is not None:
+        lines += ["", f"**Fold {failed_fold} failed**: the summary covers the {len(folds)} folds before it."]
+    lines += ["", "| fold | train | val | " + " | ".join(cols) + " | MLflow run |",
+              "|---|---|---|" + "---|" * len(cols) + "---|"]
+
+    def fmt(v) -> str:
+        return "n/a" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+    for i, r, sizes in folds:
+        lines.append(f"| {i} | {sizes['n_train']} | {sizes['n_val']} | "
+                     + " | ".join(fmt(r.metrics.get(c)) for c in cols) + f" | `{r.run_id or '-'}` |")
+    for stat in ("mean", "std"):
+        lines.append(f"| **{stat}** | | | " + " | ".join(fmt(summary.get(c, {}).get(stat)) for c in cols) + " | |")
+    lines.append("")
+    (out_dir / "cv_summary.md").write_text("\n".join(lines))
+    return [out_dir / "cv_summary.json", out_dir / "cv_summary.md"]
+
+
+def run_cross_validation(cfg: PipelineConfig) -> CVResult:
+    """Train and evaluate every fold of ``data.split.kfold``; one MLflow parent run, a child run per fold.
+
+    See the module docstring for the protocol and the artifacts.
+
+    Args:
+        cfg: a validated pipeline with ``data.split.kfold`` set (``data.split.fold`` is ignored: all folds run).
+
+    Returns:
+        :class:`CVResult` with the parent run, the per-fold results and the mean / standard deviation summary.
+
+    Raises:
+        ValueError: ``data.split.kfold`` is not set.
+        medpipe.data.datasets.DataError: bad data, a validation split predefined by the data, or folds that cannot
+            be stratified (e.g. a class with fewer cases than folds); nothing is trained or tracked then.
+        Any exception of a fold's run: that child run and the parent run are marked ``FAILED``.
+    """
+    from medpipe.data import datasets as D
+    from medpipe.tracking import Tracker, env_summary, git_commit, library_versions
+
+    k = cfg.data.split.kfold
+    if k is None:
+        raise ValueError("run_cross_validation needs data.split.kfold (the number of folds), e.g. kfold: 5")
+    t0 = time.time()
+    out_dir = _run_dir(cfg)
+    out_dir.mkdir(parents=True)
+    parent_cfg = cfg.model_copy(deep=True)
+    parent_cfg.data.split.fold = None
+    resolved = resolved_dict(parent_cfg)
+    (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    discovered = _discover(cfg)
+    cases, classes, problems = discovered
+    folds, test = D.cross_validation_folds(cases, cfg.data.split, cfg.task)
+    fold_cfgs = [fold_config(parent_cfg, i) for i in range(k)]
+    fold_data = [_prepare_data(c, discovered) for c in fold_cfgs]
+    for i, (data, (train, val)) in enumerate(zip(fold_data, folds)):
+        if data.train != train or data.val != val:
+            raise RuntimeError(f"fold {i}: the run's split differs from the cross-validation folds")
+    manifest = {"kfold": k, "seed": cfg.data.split.seed, "stratify": cfg.data.split.stratify,
+                "grouped_by": cfg.data.group_column, "test": test, "skipped": problems,
+                "fold_of": {c["image"]: i for i, (_, val) in enumerate(folds) for c in val},
+                "folds": [{"fold": i, "train": tr, "val": va} for i, (tr, va) in enumerate(folds)]}
+    if classes is not None:
+        manifest["classes"] = classes
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    tags = {"pipeline": cfg.name, "task": cfg.task, "output_dir": str(out_dir.resolve()), "cv.role": "parent",
+            "cv.kfold": k, "git_commit": git_commit(Path(__file__).parent) or "none",
+            "dataset.manifest_sha256": D.manifest_hash(cases), "dataset.n_pool": len(folds[0][0]) + len(folds[0][1]),
+            "dataset.n_test": len(test), "dataset.n_skipped": len(problems),
+            **{f"version.{n}": v for n, v in library_versions().items()}, **env_summary()}
+    if classes is not None:
+        tags["dataset.classes"] = ",".join(classes)
+        tags["dataset.class_counts_test"] = D.class_counts(test, len(classes)).tolist()
+        for i, (_, val) in enumerate(folds):
+            tags[f"dataset.class_counts_fold{i}"] = D.class_counts(val, len(classes)).tolist()
+    tracking = parent_cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or f"{cfg.name}-cv{k}"})
+    tracker = Tracker(tracking, cfg.name)
+    done: List[Tuple[int, RunResult, Dict]] = []
+    with tracker:
+        tracker.log_params(flatten(resolved))
+        tracker.set_tags(tags)
+        tracker.log_artifact(out_dir / "config.resolved.yaml")
+        tracker.log_artifact(out_dir / "manifest.json")
+        problems_file = _write_problems(problems, out_dir)
+        if problems_file is not None:
+            tracker.log_artifact(problems_file)
+        try:
+            for i, (fcfg, data) in enumerate(zip(fold_cfgs, fold_data)):
+                logger.info("cross-validation %s: fold %d of %d (%d train / %d val / %d test)", cfg.name, i + 1, k,
+                            len(data.train), len(data.val), len(data.test))
+                result = run_pipeline(fcfg, out_dir=out_dir / f"fold_{i}", data=data)
+                sizes = {"n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
+                done.append((i, result, sizes))
+                cols = _table_columns(cfg, bool(test), list(result.metrics))
+                tracker.log_metrics({f"fold_{c}": result.metrics[c] for c in cols}, step=i)
+        except BaseException:
+            failed = len(done)
+            logger.error("cross-validation %s: fold %d failed; the parent run is marked FAILED", cfg.name, failed)
+            tracker.set_tags({"cv.failed_fold": failed})
+            flat, summary = summarize_folds([r.metrics for _, r, _ in done])
+            tracker.log_metrics(flat)
+            for path in _write_summary(cfg, out_dir, done, flat, summary, len(test), failed):
+                tracker.log_artifact(path)
+            raise
+        flat, summary = summarize_folds([r.metrics for _, r, _ in done])
+        flat["cv_total_seconds"] = time.time() - t0
+        tracker.log_metrics(flat)
+        for path in _write_summary(cfg, out_dir, done, flat, summary, len(test), None):
+            tracker.log_artifact(path)
+    return CVResult(out_dir, flat, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None, None,
+                    {}, time.time() - t0, folds=[r for _, r, _ in done], summary=summary, kfold=k)
