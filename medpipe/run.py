@@ -9,7 +9,9 @@ Artifacts of a run go to ``<output_dir>/<run name>/``:
 
 * segmentation: ``plots/`` (training curves, overlays) and ``predictions/<split>/`` (masks);
 * classification: ``report.md`` (one page: test metrics, threshold, confusion matrix, published anchor),
-  ``plots/`` (learning curves, ROC, confusion matrices, misclassified examples) and ``predictions/<split>.csv``.
+  ``plots/`` (learning curves, ROC, confusion matrices, misclassified examples) and ``predictions/<split>.csv``;
+  with ``slide_infer``, ``slides/`` (per slide a Zarr heatmap, heatmap and overlay PNGs; ``slides.json`` with the
+  scores), also summarised in ``metrics.json`` and ``report.md``.
 
 Cross-validation (``data.split.kfold`` without ``fold``, :mod:`medpipe.cv`): the run folder holds
 ``config.resolved.yaml``, ``manifest.json`` (all folds), ``cv_summary.json`` / ``.md`` and one run folder per fold,
@@ -411,7 +413,8 @@ def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, fin
             row["score"] = _score_slide(hm, mask_path, si, threshold, score_heatmap)
         rows.append(row)
         tag = re.sub(r"[^A-Za-z0-9_]", "_", slide_path.name.split(".")[0])
-        scalars.update({f"slide_{tag}_{k}": v for k, v in row.get("score", {}).items() if not k.startswith("n_")})
+        scalars.update({f"slide_{tag}_{k}": v for k, v in row.get("score", {}).items()
+                        if not k.startswith("n_") and k != "threshold"})
         scalars[f"slide_{tag}_seconds"] = hm.seconds
         for p in (hm.heatmap_png, hm.overlay_png):
             tracker.log_artifact(p, "slides")
