@@ -24,3 +24,15 @@ def test_readme_starts_with_the_two_commands_and_they_exist():
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
     assert "pip install torch==2.13.0" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_yaml_examples_validate():
+    """Every ```yaml block in README.md is a complete, valid pipeline (users copy them)."""
+    import yaml
+
+    from medpipe.config import validate_config
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    tasks = {validate_config(yaml.safe_load(b), "README.md").task for b in blocks}
+    assert tasks == {"segmentation", "classification"}
