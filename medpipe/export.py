@@ -33,6 +33,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from medpipe.logs import configure_cli_logging
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ExportError", "ExportResult", "export_model", "pick_real_image", "main"]
@@ -251,9 +253,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns 0 on success, 1 when the outputs differ, 2 for bad arguments or a missing model."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_cli_logging()
     try:
         res = export_model(args.model, args.fmt, Path(args.out) if args.out else None, args.image,
                            args.tracking_uri, args.method, args.atol)

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 from medpipe.config import ConfigError, PipelineConfig, flatten, load_config, resolved_dict
+from medpipe.logs import configure_cli_logging
 
 logger = logging.getLogger("medpipe.run")
 
@@ -589,10 +590,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code (0 ok, 2 invalid config or data)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_cli_logging(args.verbose)
     try:
         cfg = load_config(args.pipeline, args.overrides)
     except (ConfigError, FileNotFoundError) as exc:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from medpipe.config import load_config, validate_config
+from medpipe.config import validate_config
 from medpipe.run import run_pipeline
 
 from pathlib import Path

@@ -7,9 +7,10 @@ folder. Then open ``http://HOST:PORT/`` (page) or ``/docs`` (OpenAPI).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import List, Optional
+
+from medpipe.logs import configure_cli_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,10 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Load the model and serve it with uvicorn; returns the exit code (2: the model cannot be loaded)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "PIL", "multipart"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_cli_logging(args.verbose)
     try:
         import uvicorn
 

@@ -1,7 +1,6 @@
 """Classification data on the real CSVs and folders: discovery, classes, stratified / patient-grouped splits,
 loss and sampling weights, the integrity check."""
 
-import csv
 import os
 from collections import Counter
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from medpipe.config import DataConfig, TransformSpec, validate_config
+from medpipe.config import TransformSpec, validate_config
 from medpipe.data.datasets import (DataError, check_reader_support, discover_classification_cases, image_shape,
                                    verify_cases)
 from medpipe.data.transforms import build_transforms

@@ -12,7 +12,6 @@ Both are tracked into a temporary sqlite MLflow store, as ``medpipe.run`` does b
 """
 
 import os
-from pathlib import Path
 
 import pytest
 
