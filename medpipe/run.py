@@ -33,6 +33,7 @@ import yaml
 
 from medpipe.config import ConfigError, PipelineConfig, flatten, load_config, resolved_dict
 from medpipe.logs import configure_cli_logging
+from medpipe.report import classification_report_md, no_nan, slide_report_md, write_predictions_csv
 
 logger = logging.getLogger("medpipe.run")
 
@@ -331,7 +332,7 @@ def _finish_classification(cfg, engines, val_loader, test_loader, data: _Data, o
     thr = ev["threshold"]
     for name, sp in splits.items():
         preds = (sp.probs[:, 1] >= thr).astype(np.int64) if thr is not None else sp.probs.argmax(1)
-        _write_predictions(pred_dir / f"{name}.csv", sp, preds, data.classes)
+        write_predictions_csv(pred_dir / f"{name}.csv", sp, preds, data.classes)
         plot_confusion(ev[name]["confusion_matrix"], data.classes, plots / f"confusion_{name}.png",
                        title=f"{cfg.name}: {name} (n={len(sp.labels)})")
         plot_misclassified(sp.images, sp.labels, preds, sp.probs, data.classes, plots / f"misclassified_{name}.png",
@@ -343,8 +344,8 @@ def _finish_classification(cfg, engines, val_loader, test_loader, data: _Data, o
     tracker.log_metrics(final)
     doc = {"final": final, "classes": data.classes, "threshold": thr, "threshold_rule": ev["threshold_rule"],
            "key_metric": cfg.metrics.key_metric, **{n: ev[n] for n in splits}, "history": tracker.history}
-    (out_dir / "metrics.json").write_text(json.dumps(_no_nan(doc), indent=1))
-    (out_dir / "report.md").write_text(_classification_report(cfg, data, ev, final, tracker.run_id))
+    (out_dir / "metrics.json").write_text(json.dumps(no_nan(doc), indent=1))
+    (out_dir / "report.md").write_text(classification_report_md(cfg, data, ev, final, tracker.run_id))
     for p in ("metrics.json", "report.md", "plots", "predictions"):
         tracker.log_artifact(out_dir / p, p if p in ("plots", "predictions") else None)
 
@@ -428,12 +429,12 @@ def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, fin
     final.update(scalars)
     final["total_seconds"] = time.time() - t0
     tracker.log_metrics({**scalars, "total_seconds": final["total_seconds"]})
-    (slide_dir / "slides.json").write_text(json.dumps(_no_nan(rows), indent=1))
+    (slide_dir / "slides.json").write_text(json.dumps(no_nan(rows), indent=1))
     doc["final"] = final
     doc["slides"] = rows
-    (out_dir / "metrics.json").write_text(json.dumps(_no_nan(doc), indent=1))
+    (out_dir / "metrics.json").write_text(json.dumps(no_nan(doc), indent=1))
     with open(out_dir / "report.md", "a") as fh:
-        fh.write(_slide_report(rows, threshold, si))
+        fh.write(slide_report_md(rows, threshold, si))
     for p in ("metrics.json", "report.md", "slides/slides.json"):
         tracker.log_artifact(out_dir / p, "slides" if p.startswith("slides/") else None)
 
@@ -458,116 +459,6 @@ def _score_slide(hm, mask_path: Path, si, threshold: float, score_heatmap) -> Di
     logger.info("slide %s: AUC %.4f over %d cells (%d positive, %d negative, %d not inferred)", hm.slide.name,
                 score["auc"], score["n_patches"], score["n_pos"], score["n_neg"], score["n_uncovered"])
     return score
-
-
-def _slide_report(rows: List[Dict], threshold: float, si) -> str:
-    """The ``## Slide heatmaps`` section appended to ``report.md``."""
-    lines = ["", "## Slide heatmaps", "",
-             f"Windows of {si.roi_size} pixels at level {rows[0]['level']}, overlap {si.overlap}, {si.mode} "
-             f"blending, resized to the network input {rows[0]['settings']['input_size']}, intensity "
-             f"{rows[0]['settings']['intensity']}; background skipped: {si.tissue}. Each label-mask cell is scored by "
-             f"its mean P(class {si.class_index}); AUC of label {si.positive_label} vs {si.negative_label} cells, "
-             f"sensitivity / specificity / F1 at the run's threshold {threshold:.4f}.", "",
-             "| slide | size (h x w) | windows run / all | cells (pos / neg) | AUC | sensitivity | specificity | "
-             "balanced accuracy | F1 | seconds | windows/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        sc = r.get("score")
-        cells = f"{sc['n_patches']} ({sc['n_pos']} / {sc['n_neg']})" if sc else "not scored"
-        m = [_fmt(sc[k]) if sc else "n/a" for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "f1")]
-        lines.append(f"| {Path(r['slide']).name} | {r['shape'][0]} x {r['shape'][1]} | {r['windows_run']} / "
-                     f"{r['windows']} | {cells} | " + " | ".join(m) + f" | {r['seconds']:.1f} | "
-                     f"{r['tiles_per_second']:.0f} |")
-    lines.append("")
-    for r in rows:
-        lines.append(f"![{Path(r['slide']).name} overlay]({r['overlay_png']})")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def _write_predictions(path: Path, sp, preds, classes: List[str]) -> None:
-    """One row per case: image, true and predicted class (index and name), class probabilities."""
-    import csv
-
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "label", "label_name", "pred", "pred_name"] + [f"p_{c}" for c in classes])
-        for img, y, p, prob in zip(sp.images, sp.labels, preds, sp.probs):
-            w.writerow([img, int(y), classes[int(y)], int(p), classes[int(p)]] + [f"{v:.6f}" for v in prob])
-
-
-def _no_nan(x):
-    """NaN -> None, recursively (strict JSON has no NaN)."""
-    if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_no_nan(v) for v in x]
-    if isinstance(x, float) and x != x:
-        return None
-    return x
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None or v != v else f"{100 * v:.1f} %"
-
-
-def _classification_report(cfg: PipelineConfig, data: _Data, ev: Dict, final: Dict, run_id: Optional[str]) -> str:
-    """The one-page ``report.md``: metrics (test, and val), threshold, confusion matrix, published anchor."""
-    from medpipe.data.datasets import class_counts
-
-    main = "test" if "test" in ev else "val"
-    res = ev[main]
-    binary = len(data.classes) == 2
-    thr = ev["threshold"]
-    lines = [f"# {cfg.name}: classification report", ""]
-    lines.append(f"Net `{cfg.net.name}`, {int(final['epochs'])} epochs, best epoch {int(final['best_epoch'])} "
-                 f"by validation `{cfg.metrics.key_metric}`; MLflow run `{run_id or 'not tracked'}`; "
-                 f"training {final['train_seconds'] / 60:.1f} min.")
-    lines.append("")
-    lines.append("| split | cases | " + " | ".join(data.classes) + " |")
-    lines.append("|---|---|" + "---|" * len(data.classes))
-    for name, part in (("train", data.train), ("val", data.val), ("test", data.test)):
-        counts = class_counts(part, len(data.classes)).tolist()
-        lines.append(f"| {name} | {len(part)} | " + " | ".join(map(str, counts)) + " |")
-    lines.append("")
-    if binary:
-        lines.append(f"Operating threshold on P({data.classes[1]}): **{thr:.4f}** ({ev['threshold_rule']}"
-                     f"{', chosen on the validation split' if ev['threshold_rule'] == 'youden' else ''}). "
-                     f"Positive class: {data.classes[1]}.")
-    else:
-        lines.append("Prediction: the most probable class (argmax); sensitivity, specificity, precision and F1 are "
-                     "macro means over classes.")
-    if main == "val":
-        lines.append("")
-        lines.append("**No held-out test split**: the numbers below are on the validation split, which selected "
-                     "the checkpoint, and are optimistic.")
-    lines += ["", f"## Metrics ({main}, n={res['num_samples']})", ""]
-    cols = [main] + (["val"] if main == "test" else [])
-    lines.append("| metric | " + " | ".join(cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
-    keys = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy")]
-    if binary:
-        keys += [("sensitivity (recall)", "sensitivity"), ("specificity", "specificity"),
-                 ("precision (PPV)", "precision"), ("F1", "f1"), ("ROC AUC", "roc_auc")]
-    else:
-        keys += [("macro sensitivity", "macro_sensitivity"), ("macro specificity", "macro_specificity"),
-                 ("macro precision", "macro_precision"), ("macro F1", "macro_f1"),
-                 ("ROC AUC (one-vs-rest macro)", "macro_roc_auc")]
-    for label, key in keys:
-        lines.append(f"| {label} | " + " | ".join(_fmt(ev[c][key]) for c in cols) + " |")
-    lines += ["", f"Per class ({main}):", "", "| class | support | sensitivity | specificity | precision | F1 | AUC |",
-              "|---|---|---|---|---|---|---|"]
-    for name, v in res["per_class"].items():
-        lines.append(f"| {name} | {v['support']} | {_fmt(v['sensitivity'])} | {_fmt(v['specificity'])} | "
-                     f"{_fmt(v['precision'])} | {_fmt(v['f1'])} | {_fmt(v['roc_auc'])} |")
-    lines += ["", f"## Confusion matrix ({main}; rows = true, columns = predicted)", "",
-              "| true \\ predicted | " + " | ".join(data.classes) + " |", "|---|" + "---|" * len(data.classes)]
-    for name, row in zip(data.classes, res["confusion_matrix"]):
-        lines.append(f"| {name} | " + " | ".join(map(str, row)) + " |")
-    lines += ["", "## Published anchor", ""]
-    lines.append(f"> {cfg.report.anchor}" if cfg.report.anchor else "(none given: set `report.anchor` in the YAML)")
-    lines += ["", "Plots: `plots/learning_curves.png`, `plots/roc.png`, `plots/confusion_<split>.png`, "
-              "`plots/misclassified_<split>.png`; per-case probabilities: `predictions/<split>.csv`.", ""]
-    return "\n".join(lines)
 
 
 def _best_epoch(history: Dict[str, list], key: str) -> int:
