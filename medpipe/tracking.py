@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -215,6 +216,37 @@ def env_summary() -> Dict[str, str]:
     return out
 
 
+@contextmanager
+def _mlflow_uris(tracking_uri: Optional[str]):
+    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for a block, then restore them.
+
+    ``mlflow.pytorch.load_model`` and ``mlflow.models.get_model_info`` only read the global URIs. Restoring with
+    the public setters would pin the registry to the old tracking URI (an unset registry URI follows the tracking
+    URI), so the module state and the ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` environment variables are
+    saved and put back as they were. With ``tracking_uri`` ``None`` nothing changes.
+    """
+    if not tracking_uri:
+        yield
+        return
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None),
+             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def load_model_state_dict(uri: str, tracking_uri: Optional[str] = None) -> Dict[str, Any]:
     """The state dict of a PyTorch model logged to MLflow, for transfer learning.
 
@@ -240,21 +272,14 @@ def load_model_state_dict(uri: str, tracking_uri: Optional[str] = None) -> Dict[
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if tracking_uri else None
     try:
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        with _mlflow_uris(tracking_uri):
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except MlflowException as err:
         raise MlflowException(
             f"cannot load MLflow model {uri!r} (tracking URI {tracking_uri or mlflow.get_tracking_uri()}): "
             f"{err.message}"
         ) from err
-    finally:
-        if previous is not None:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
     logger.info("loaded MLflow model %s (%s)", uri, type(model).__name__)
     return model.state_dict()
 
@@ -282,13 +307,9 @@ def fetch_model_run(uri: str, dst: Path, tracking_uri: Optional[str] = None,
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if tracking_uri else None
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    try:
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
+    with _mlflow_uris(tracking_uri):
         try:
             run_id = mlflow.models.get_model_info(uri).run_id
         except MlflowException as err:
@@ -304,8 +325,4 @@ def fetch_model_run(uri: str, dst: Path, tracking_uri: Optional[str] = None,
                                                                        dst_path=str(dst)))
             except (MlflowException, OSError):
                 found[name] = None
-    finally:
-        if previous is not None:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
     return {"run_id": run_id, "files": found, "state_dict": load_model_state_dict(uri, tracking_uri)}

@@ -270,9 +270,12 @@ def test_page_is_served(cls_client):
     assert cls_client.get("/static/style.css").status_code == 200
 
 
-def test_serves_the_shipped_pneumonia_pipeline_config(tmp_path, datasets):
-    """pipelines/pneumonia_xray.yaml reads RGB JPEGs (channel_dim -1, ToGrayscaled); grey PNG and DICOM uploads
-    are retried as three equal channels and give the prediction of the same picture stored as RGB."""
+@pytest.mark.parametrize("channel_dim", [None, -1])
+def test_serves_the_shipped_pneumonia_pipeline_config(tmp_path, datasets, channel_dim):
+    """pipelines/pneumonia_xray.yaml takes the channel layout from the file (then ToGrayscaled), so grey PNG and
+    DICOM uploads load as they are. The same pipeline written for colour files only (``channel_dim: -1``) gets
+    grey uploads retried as three equal channels. Either way a grey picture gives the prediction of the same
+    picture stored as RGB."""
     import json
     from pathlib import Path
 
@@ -285,7 +288,8 @@ def test_serves_the_shipped_pneumonia_pipeline_config(tmp_path, datasets):
     pipeline = Path(__file__).resolve().parents[2] / "pipelines" / "pneumonia_xray.yaml"
     if not pipeline.is_file():
         pytest.skip("pipelines/pneumonia_xray.yaml not present")
-    cfg = load_config(pipeline)
+    overrides = [] if channel_dim is None else [f"transforms.val.1.channel_dim={channel_dim}"]
+    cfg = load_config(pipeline, overrides)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(cfg), sort_keys=False))
@@ -299,14 +303,20 @@ def test_serves_the_shipped_pneumonia_pipeline_config(tmp_path, datasets):
     assert "converted" not in r_jpeg["input"] and r_jpeg["label"] in ("NORMAL", "PNEUMONIA")
     grey = np.asarray(Image.open(jpeg).convert("L"))
     r_png = post(client, png_bytes(grey), "grey.png").json()
-    assert r_png["input"]["converted"].startswith("grey -> RGB")
+    converted = channel_dim is not None
+    assert ("converted" in r_png["input"]) == converted
+    if converted:
+        assert r_png["input"]["converted"].startswith("grey -> RGB")
     rgb = np.asarray(Image.open(jpeg).convert("RGB"))
     r_rgb = post(client, png_bytes(rgb), "rgb.png").json()
-    assert r_png["probabilities"]["PNEUMONIA"] == pytest.approx(r_rgb["probabilities"]["PNEUMONIA"], abs=1e-6)
+    assert r_png["probabilities"]["PNEUMONIA"] == pytest.approx(r_rgb["probabilities"]["PNEUMONIA"], abs=1e-5)
     with open(dicom_file("RG1_UNCI.dcm"), "rb") as fh:
         r_dcm = post(client, fh.read(), "RG1_UNCI.dcm")
     assert r_dcm.status_code == 200, r_dcm.text
-    assert r_dcm.json()["input"]["converted"].startswith("grey -> RGB")
+    if converted:
+        assert r_dcm.json()["input"]["converted"].startswith("grey -> RGB")
+    else:
+        assert "converted" not in r_dcm.json()["input"]
 
 
 def test_registered_model_uri_serves_the_same_prediction(cls_run, cls_model, datasets):
