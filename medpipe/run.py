@@ -201,7 +201,9 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
         manifest["classes"] = data.classes
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    tracker = Tracker(cfg.tracking, cfg.name)
+    # Name the MLflow run after its artifact folder (<name>-<time>); MLflow's random names repeat here because
+    # seed_everything has seeded the generator they are drawn from.
+    tracker = Tracker(cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or out_dir.name}), cfg.name)
     with tracker:
         tracker.log_params(flatten(resolved))
         tracker.set_tags({

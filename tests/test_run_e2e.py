@@ -93,6 +93,7 @@ def test_short_run_trains_predicts_and_tracks(tmp_path, small_em):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == out.name  # <pipeline>-<time>, the artifact folder: unique and findable
     assert run.data.params["train.max_epochs"] == "2" and run.data.params["net.name"] == "basic_unet"
     assert run.data.params["optimizer.lr"] == "0.01"
     assert run.data.tags["purpose"] == "test" and len(run.data.tags["dataset.manifest_sha256"]) == 64
