@@ -297,15 +297,18 @@ def verify_cases(cases: Sequence[Dict[str, str]], on_bad_image: str = "error") -
 
     Classification cases (``label`` an int class index) have only their image read.
 
+    Every case is checked before anything is decided, so one run reports all bad files at once.
+
     Args:
         cases: cases to check.
-        on_bad_image: ``"error"`` raises on the first bad case; ``"skip"`` logs and drops bad cases.
+        on_bad_image: ``"error"`` raises after the check if any case is bad; ``"skip"`` logs and drops bad cases.
 
     Returns:
         ``(good_cases, problems)`` where each problem is ``{"file": path, "reason": text}``.
 
     Raises:
-        DataError: with ``on_bad_image="error"``, naming the file and the reason.
+        DataError: with ``on_bad_image="error"`` and bad cases: how many, and each file with its reason (the
+            first 20).
     """
     good, problems = [], []
     for case in cases:
@@ -318,14 +321,17 @@ def verify_cases(cases: Sequence[Dict[str, str]], on_bad_image: str = "error") -
                         f"{case['label']}: label size {lshape} does not match image {case['image']} size {shape}"
                     )
         except DataError as exc:
-            if on_bad_image == "error":
-                raise DataError(f"{exc} (set data.on_bad_image: skip to report and skip such cases)") from None
             text = str(exc)
-            file = text.split(": ", 1)[0]
-            problems.append({"file": file, "reason": text.split(": ", 1)[-1]})
-            logger.warning("skipping bad case: %s", text)
+            problems.append({"file": text.split(": ", 1)[0], "reason": text.split(": ", 1)[-1]})
+            if on_bad_image == "skip":
+                logger.warning("skipping bad case: %s", text)
             continue
         good.append(case)
+    if problems and on_bad_image == "error":
+        listed = "; ".join(f"{p['file']}: {p['reason']}" for p in problems[:20])
+        more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataError(f"{len(problems)} of {len(cases)} cases are bad: {listed}{more} (set data.on_bad_image: "
+                        "skip to report and skip such cases)")
     return good, problems
 
 
