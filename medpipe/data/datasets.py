@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from medpipe.paths import data_root
+from medpipe.registry import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def discover_cases(data_cfg) -> List[Dict[str, str]]:
     """
     root = resolve_root(data_cfg.root)
     if data_cfg.list_file is not None:
-        return _read_list_file(root, data_cfg.list_file)
+        return _read_list_file(root, data_cfg.list_file, data_cfg.image_column, data_cfg.label_column)
     images = discover_images(root, data_cfg.images)
     if data_cfg.labels is None:
         return [{"image": f} for f in images]
@@ -143,7 +144,10 @@ def discover_cases(data_cfg) -> List[Dict[str, str]]:
     return [{"image": img_by_key[k], "label": lab_by_key[k]} for k in sorted(img_by_key, key=img_by_key.get)]
 
 
-def _read_list_file(root: Path, list_file: str) -> List[Dict[str, str]]:
+def _read_list_file(root: Path, list_file: str, image_column: str = "image",
+                    label_column: str = "label") -> List[Dict[str, str]]:
+    """Image/label-mask pairs from a CSV (``image_column``, ``label_column``) or a JSON list of objects with those
+    keys; paths relative to ``root``. A row with an empty label is an unlabelled case."""
     path = Path(list_file) if os.path.isabs(list_file) else root / list_file
     if not path.is_file():
         raise DataError(f"data.list_file {path} not found")
@@ -154,11 +158,15 @@ def _read_list_file(root: Path, list_file: str) -> List[Dict[str, str]]:
             rows = list(csv.DictReader(fh))
     cases = []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "image" not in row:
-            raise DataError(f"{path}: row {i + 1} has no 'image' column/key (found {row!r})")
-        case = {"image": str(root / row["image"])}
-        if row.get("label") not in (None, ""):
-            case["label"] = str(root / row["label"])
+        if not isinstance(row, dict) or image_column not in row:
+            raise DataError(f"{path}: row {i + 1} has no {image_column!r} column/key (data.image_column; found "
+                            f"{sorted(row) if isinstance(row, dict) else row!r})")
+        if i == 0 and label_column not in row and label_column != "label":
+            raise DataError(f"{path}: no {label_column!r} column/key (data.label_column); columns: {sorted(row)}."
+                            + did_you_mean(label_column, row))
+        case = {"image": str(root / row[image_column])}
+        if row.get(label_column) not in (None, ""):
+            case["label"] = str(root / row[label_column])
         cases.append(case)
     if not cases:
         raise DataError(f"{path}: no rows")
@@ -445,7 +453,6 @@ def discover_classification_cases(data_cfg) -> Tuple[List[Dict], List[str]]:
             not in ``data.classes`` or a split value not in ``split.column_values`` (both name the file, line,
             image and value), fewer than two classes, or no files matching a glob.
     """
-    from medpipe.registry import did_you_mean
 
     root = resolve_root(data_cfg.root)
     raw: List[Dict] = []

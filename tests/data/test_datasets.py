@@ -146,3 +146,16 @@ def test_nifti_and_dicom_load_through_monai_readers(tmp_path):
     s = build_transforms([TransformSpec(name="LoadImaged", keys=["image"], reader="PydicomReader")])(
         {"image": str(series)})["image"]
     assert 128 in tuple(s.shape)
+
+
+def test_segmentation_list_file_uses_the_configured_columns(datasets):
+    """COVID-QU-Ex's labels.csv pairs each X-ray with its lung mask in `image` / `lung_mask` columns."""
+    cfg = DataConfig(root="covid_qu_ex", list_file="labels.csv", image_column="image", label_column="lung_mask")
+    cases = discover_cases(cfg)
+    assert len(cases) == 600
+    for c in cases[:20]:
+        assert "/images/" in c["image"] and "/lung masks/" in c["label"]
+        assert os.path.basename(c["image"]) == os.path.basename(c["label"]) and os.path.isfile(c["label"])
+    bad = DataConfig(root="covid_qu_ex", list_file="labels.csv", label_column="lung_masks")
+    with pytest.raises(DataError, match=r"labels\.csv: no 'lung_masks' column.*Did you mean 'lung_mask'\?"):
+        discover_cases(bad)
