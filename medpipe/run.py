@@ -266,10 +266,19 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
                 test_ds = build_dataset(data.test, val_tf, cfg.data, cache_dir / "test", progress)
                 test_loader = build_loader(test_ds, cfg.train.val_batch_size, False, cfg.data.num_workers,
                                            cfg.train.seed)
-            _finish_classification(cfg, engines, val_loader, test_loader, data, out_dir, tracker, final,
-                                   train_seconds, t0)
+            doc, report = _finish_classification(cfg, engines, val_loader, test_loader, data, out_dir, tracker,
+                                                 final, train_seconds)
             if cfg.slide_infer is not None:
-                _finish_slides(cfg, engines.net, engines.device, out_dir, tracker, final, t0)
+                threshold = doc["threshold"] if doc["threshold"] is not None else 0.5
+                doc["slides"], section = _finish_slides(cfg, engines.net, engines.device, out_dir, tracker, final,
+                                                        threshold)
+                report += section
+            final["total_seconds"] = time.time() - t0
+            tracker.log_metrics(final)
+            (out_dir / "metrics.json").write_text(json.dumps(no_nan({"final": final, **doc}), indent=1))
+            (out_dir / "report.md").write_text(report)
+            for p in ("metrics.json", "report.md", "plots", "predictions"):
+                tracker.log_artifact(out_dir / p, p if p in ("plots", "predictions") else None)
         model_uri = tracker.log_model(engines.net)
     return RunResult(out_dir, final, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None,
                      model_uri, predictions, time.time() - t0)
@@ -310,7 +319,7 @@ def _finish_segmentation(cfg, engines, val_loader, data: _Data, infer_tf, out_di
 
 
 def _finish_classification(cfg, engines, val_loader, test_loader, data: _Data, out_dir: Path, tracker,
-                           final: Dict, train_seconds: float, t0: float) -> None:
+                           final: Dict, train_seconds: float) -> Tuple[Dict, str]:
     """Evaluate the best checkpoint on val (threshold chosen there) and test; write metrics, report, plots."""
     import numpy as np
 
@@ -342,14 +351,9 @@ def _finish_classification(cfg, engines, val_loader, test_loader, data: _Data, o
     plot_learning_curves(tracker.history, plots / "learning_curves.png", cfg.metrics.key_metric, cfg.name)
     plot_roc({n: (sp.labels, sp.probs) for n, sp in splits.items()}, data.classes, plots / "roc.png",
              {n: thr for n in splits})
-    final["total_seconds"] = time.time() - t0
-    tracker.log_metrics(final)
-    doc = {"final": final, "classes": data.classes, "threshold": thr, "threshold_rule": ev["threshold_rule"],
+    doc = {"classes": data.classes, "threshold": thr, "threshold_rule": ev["threshold_rule"],
            "key_metric": cfg.metrics.key_metric, **{n: ev[n] for n in splits}, "history": tracker.history}
-    (out_dir / "metrics.json").write_text(json.dumps(no_nan(doc), indent=1))
-    (out_dir / "report.md").write_text(classification_report_md(cfg, data, ev, final, tracker.run_id))
-    for p in ("metrics.json", "report.md", "plots", "predictions"):
-        tracker.log_artifact(out_dir / p, p if p in ("plots", "predictions") else None)
+    return doc, classification_report_md(cfg, data, ev, final, tracker.run_id)
 
 
 def _slide_files(cfg: PipelineConfig) -> List[Tuple[Path, Optional[Path]]]:
@@ -377,15 +381,18 @@ def _slide_files(cfg: PipelineConfig) -> List[Tuple[Path, Optional[Path]]]:
     return out
 
 
-def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, final: Dict, t0: float) -> None:
-    """Heatmap and score every ``slide_infer`` slide with the (best) network; extend metrics.json and report.md.
+def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, final: Dict,
+                   threshold: float) -> Tuple[List[Dict], str]:
+    """Heatmap and score every ``slide_infer`` slide with the (best) network.
+
+    Returns the per-slide rows (for ``metrics.json`` ``slides``) and the report section; adds the scalars below to
+    ``final``.
 
     Writes ``slides/<stem>_heatmap.zarr`` (kept on disk, not uploaded), ``slides/<stem>_heatmap.png`` and
     ``slides/<stem>_overlay.png`` (logged under the run's ``slides/`` artifacts) and ``slides/slides.json``.
     Metrics: ``slide_auc`` (mean over scored slides; ROC AUC of positive vs negative label-mask cells),
     ``slide_seconds``, ``slide_tiles_per_second``, and per slide ``slide_<stem>_<metric>``. Sensitivity,
-    specificity and F1 of the cells use the run's operating threshold (``metrics.json`` ``threshold``; 0.5 for
-    argmax runs).
+    specificity and F1 of the cells use ``threshold``, the run's operating threshold (0.5 for argmax runs).
     """
     import re
 
@@ -394,8 +401,6 @@ def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, fin
     from medpipe.inference.slide import predict_slide_heatmap, score_heatmap
 
     si = cfg.slide_infer
-    doc = json.loads((out_dir / "metrics.json").read_text())
-    threshold = doc.get("threshold") if doc.get("threshold") is not None else 0.5
     slide_dir = out_dir / "slides"
     rows, scalars = [], {}
     for slide_path, mask_path in _slide_files(cfg):
@@ -429,16 +434,9 @@ def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, fin
     scalars["slide_tiles_per_second"] = sum(r["windows_run"] for r in rows) / max(
         sum(r["inference_seconds"] for r in rows), 1e-9)
     final.update(scalars)
-    final["total_seconds"] = time.time() - t0
-    tracker.log_metrics({**scalars, "total_seconds": final["total_seconds"]})
     (slide_dir / "slides.json").write_text(json.dumps(no_nan(rows), indent=1))
-    doc["final"] = final
-    doc["slides"] = rows
-    (out_dir / "metrics.json").write_text(json.dumps(no_nan(doc), indent=1))
-    with open(out_dir / "report.md", "a") as fh:
-        fh.write(slide_report_md(rows, threshold, si))
-    for p in ("metrics.json", "report.md", "slides/slides.json"):
-        tracker.log_artifact(out_dir / p, "slides" if p.startswith("slides/") else None)
+    tracker.log_artifact(slide_dir / "slides.json", "slides")
+    return rows, slide_report_md(rows, threshold, si)
 
 
 def _score_slide(hm, mask_path: Path, si, threshold: float, score_heatmap) -> Dict:
