@@ -1,6 +1,5 @@
 """Cross-validation: fold assignment (unit), and short real K-fold runs read back from MLflow (parent + children)."""
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from medpipe.cv import CVResult, fold_config, summarize_folds
 from medpipe.data.datasets import (DataError, class_counts, cross_validation_folds, discover_cases,
                                    discover_classification_cases, split_cases, split_classification_cases)
 from medpipe.run import main, run_pipeline
+from tests.subsets import first_rows, link_subset, read_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 MIAS = {"root": "mini_mias", "list_file": "image_labels.csv", "image_column": "file_png512",
@@ -110,20 +110,10 @@ def test_summary_is_mean_and_sample_std_over_finite_values():
 def small_mias(tmp_path, datasets):
     """8 NORMAL + 5 BENIGN + 5 MALIGNANT real mini-MIAS films (512x512 PNG) and their CSV."""
     src = datasets / "mini_mias"
-    with open(src / "image_labels.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    picked = []
-    for label, n in (("NORMAL", 8), ("BENIGN", 5), ("MALIGNANT", 5)):
-        picked += [r for r in rows if r["label"] == label][:n]
-    root = tmp_path / "mias"
-    (root / "png512").mkdir(parents=True)
-    for r in picked:
-        os.symlink(src / r["file_png512"], root / r["file_png512"])
-    with open(root / "image_labels.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(picked)
-    return root
+    rows = read_rows(src / "image_labels.csv")
+    picked = [r for label, n in (("NORMAL", 8), ("BENIGN", 5), ("MALIGNANT", 5))
+              for r in first_rows(rows, n, label=label)]
+    return link_subset(src, picked, "file_png512", tmp_path / "mias", "image_labels.csv")
 
 
 def _mias_cfg(tmp_path, root, kfold=2, **train):

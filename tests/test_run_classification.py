@@ -10,6 +10,7 @@ import yaml
 
 from medpipe.config import validate_config
 from medpipe.run import run_pipeline
+from tests.subsets import first_rows, link_subset, read_rows
 
 from pathlib import Path
 
@@ -20,22 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def small_cxr(tmp_path, datasets):
     """A data root with 12 train + 4 test real chest X-rays per class and a CSV like the real one."""
     src = datasets / "kermany_pneumonia_cxr"
-    with open(src / "labels.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    picked = []
-    for split, n in (("train", 12), ("test", 4)):
-        for label in ("NORMAL", "PNEUMONIA"):
-            picked += sorted((r for r in rows if r["split"] == split and r["label"] == label),
-                             key=lambda r: r["path"])[:n]
-    root = tmp_path / "cxr"
-    for r in picked:
-        (root / r["path"]).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(src / r["path"], root / r["path"])
-    with open(root / "labels.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(picked)
-    return root
+    rows = read_rows(src / "labels.csv")
+    picked = [r for split, n in (("train", 12), ("test", 4)) for label in ("NORMAL", "PNEUMONIA")
+              for r in first_rows(rows, n, sort_by="path", split=split, label=label)]
+    return link_subset(src, picked, "path", tmp_path / "cxr", "labels.csv")
 
 
 def _cfg(tmp_path, root, **over):
@@ -119,23 +108,12 @@ def test_short_classification_run_reports_and_tracks(tmp_path, small_cxr):
 def small_covid(tmp_path, datasets):
     """8 train + 4 val real COVID-QU-Ex images per class (paths with spaces) plus one empty file."""
     src = datasets / "covid_qu_ex"
-    with open(src / "labels.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    picked = []
-    for split, n in (("train", 8), ("val", 4)):
-        for label in ("COVID-19", "Non-COVID", "Normal"):
-            picked += sorted((r for r in rows if r["split"] == split and r["label"] == label),
-                             key=lambda r: r["image"])[:n]
-    root = tmp_path / "covid"
-    for r in picked:
-        (root / r["image"]).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(src / r["image"], root / r["image"])
+    rows = read_rows(src / "labels.csv")
+    picked = [r for split, n in (("train", 8), ("val", 4)) for label in ("COVID-19", "Non-COVID", "Normal")
+              for r in first_rows(rows, n, sort_by="image", split=split, label=label)]
+    root = link_subset(src, picked, "image", tmp_path / "covid", "labels.csv",
+                       extra=[{**picked[0], "image": "broken.png"}])
     (root / "broken.png").write_bytes(b"")
-    picked.append({**picked[0], "image": "broken.png"})
-    with open(root / "labels.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(picked)
     return root
 
 
