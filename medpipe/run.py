@@ -398,7 +398,7 @@ def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, fin
 
     import numpy as np
 
-    from medpipe.inference.slide import predict_slide_heatmap, score_heatmap
+    from medpipe.inference.slide import predict_slide_heatmap
 
     si = cfg.slide_infer
     slide_dir = out_dir / "slides"
@@ -419,7 +419,7 @@ def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, fin
                "heatmap_png": str(hm.heatmap_png.relative_to(out_dir)),
                "overlay_png": str(hm.overlay_png.relative_to(out_dir)), "settings": hm.settings}
         if mask_path is not None:
-            row["score"] = _score_slide(hm, mask_path, si, threshold, score_heatmap)
+            row["score"] = _score_slide(hm, mask_path, si, threshold)
         rows.append(row)
         tag = re.sub(r"[^A-Za-z0-9_]", "_", slide_path.name.split(".")[0])
         scalars.update({f"slide_{tag}_{k}": v for k, v in row.get("score", {}).items()
@@ -439,13 +439,14 @@ def _finish_slides(cfg: PipelineConfig, net, device, out_dir: Path, tracker, fin
     return rows, slide_report_md(rows, threshold, si)
 
 
-def _score_slide(hm, mask_path: Path, si, threshold: float, score_heatmap) -> Dict:
+def _score_slide(hm, mask_path: Path, si, threshold: float) -> Dict:
     """Score one heatmap against its label mask over ``roi_size`` cells (coverage = where windows ran)."""
     import numpy as np
     import zarr
     from PIL import Image
 
     from medpipe.data.datasets import DataError
+    from medpipe.inference.slide import score_heatmap
 
     with Image.open(mask_path) as im:
         mask = np.asarray(im)
