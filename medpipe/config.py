@@ -417,7 +417,15 @@ class TrainConfig(_Model):
     batch_size: int = Field(4, ge=1)
     val_interval: int = Field(1, ge=1, description="validate every N epochs")
     val_batch_size: int = Field(1, ge=1)
-    amp: bool = Field(False, description="automatic mixed precision; used on CUDA only")
+    amp: bool = Field(False, description="automatic mixed precision (torch.autocast); used on CUDA only, "
+                      "elsewhere training stays float32")
+    amp_dtype: Literal["float16", "bfloat16"] = Field(
+        "float16", description="autocast dtype with amp: float16 (any CUDA GPU; gradients scaled by GradScaler) "
+        "or bfloat16 (Ampere and newer; float32's range, no scaling needed)")
+    channels_last: bool = Field(False, description="network weights and input batches in channels-last memory "
+                                "format (NHWC / NDHWC), faster convolutions on tensor-core GPUs")
+    compile: bool = Field(False, description="torch.compile the training network (MONAI SupervisedTrainer "
+                          "compile=True); the first epoch pays the compilation time")
     seed: int = 0
     deterministic: bool = Field(True, description="monai.utils.set_determinism(seed) and deterministic kernels")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")

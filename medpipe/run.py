@@ -1,4 +1,6 @@
-"""Command line: ``python -m medpipe.run PIPELINE.yaml [--set key=value ...] [--validate-only]``.
+"""Command line: ``python -m medpipe.run PIPELINE.yaml [--set key=value ...] [--validate-only]``,
+``python -m medpipe.run --resume RUN`` (continue an interrupted run), and under ``torchrun`` distributed
+(``torchrun --nproc_per_node N -m medpipe.run PIPELINE.yaml``).
 
 Wires the one flow: YAML -> validated config -> data -> network -> engine -> metrics -> tracking ->
 artifacts. Library modules never import this one.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -137,6 +140,59 @@ def _prepare_data(cfg: PipelineConfig,
     return data
 
 
+def _prepare_on_main(cfg: PipelineConfig, data: Optional[_Data], dist) -> _Data:
+    """The split cases: prepared (files read and checked) by rank 0 only and sent to the other ranks; an error
+    there is raised on every rank, so no process is left waiting."""
+    if not dist.distributed:
+        return data if data is not None else _prepare_data(cfg)
+    result: object = None
+    if dist.is_main:
+        try:
+            result = data if data is not None else _prepare_data(cfg)
+        except Exception as exc:  # sent to the other ranks, then raised here too
+            result = exc
+    result = dist.broadcast(result)
+    if isinstance(result, Exception):
+        raise result
+    return result  # type: ignore[return-value]
+
+
+def _partition_weights(cfg: PipelineConfig, data: _Data, cases: List[Dict]) -> Optional[List[float]]:
+    """Weighted sampling under DDP: inverse class frequencies within this rank's share of the training cases."""
+    if cfg.data.sampler != "weighted":
+        return None
+    from medpipe.data.datasets import inverse_frequency_weights
+
+    return inverse_frequency_weights(cases, len(data.classes or []))
+
+
+def _log_run_start(cfg: PipelineConfig, resolved: Dict, data: _Data, out_dir: Path, tracker, dist) -> None:
+    """Params, tags, config, manifest and integrity-check table of a new run (rank 0); ``mlflow_run.json`` in the
+    artifact folder records the MLflow run for ``--resume <folder>``."""
+    from medpipe.data.datasets import manifest_hash
+    from medpipe.tracking import env_summary, git_commit, library_versions
+
+    tracker.log_params(flatten(resolved))
+    tags = {
+        "pipeline": cfg.name, "task": cfg.task, "output_dir": str(out_dir.resolve()),
+        "git_commit": git_commit(Path(__file__).parent) or "none",
+        "dataset.manifest_sha256": manifest_hash(data.cases), **data.tags(),
+        **{f"version.{k}": v for k, v in library_versions().items()}, **env_summary(),
+    }
+    if dist.distributed:
+        tags.update({"distributed.world_size": dist.world_size, "distributed.backend": dist.backend})
+    tracker.set_tags(tags)
+    tracker.log_artifact(out_dir / "config.resolved.yaml")
+    tracker.log_artifact(out_dir / "manifest.json")
+    problems_file = _write_problems(data.problems, out_dir)
+    if problems_file is not None:
+        tracker.log_artifact(problems_file)
+    if tracker.run_id:
+        (out_dir / "mlflow_run.json").write_text(json.dumps(
+            {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
+             "tracking_uri": cfg.tracking.tracking_uri}, indent=1))
+
+
 def _write_problems(problems: List[Dict], out_dir: Path) -> Optional[Path]:
     """The integrity check's table of bad files as ``data_problems.csv`` (file, reason), or ``None``."""
     if not problems:
@@ -151,7 +207,74 @@ def _write_problems(problems: List[Dict], out_dir: Path) -> Optional[Path]:
     return path
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Optional[_Data] = None) -> RunResult:
+@dataclass
+class ResumeFrom:
+    """Where ``--resume`` continues: the run's artifact folder, its latest checkpoint and its MLflow run."""
+
+    output_dir: Path
+    checkpoint: Path
+    run_id: Optional[str] = None
+
+
+def find_resume(run: str, tracking_uri: Optional[str] = None) -> Tuple[PipelineConfig, ResumeFrom]:
+    """Resolve ``--resume RUN``: an artifact folder (``<output_dir>/<name>-<time>``) or an MLflow run id.
+
+    The pipeline is the run's own ``config.resolved.yaml``; the checkpoint its newest
+    ``checkpoints/latest_checkpoint_<epoch>.pt``; the MLflow run the one recorded in ``mlflow_run.json``.
+
+    Args:
+        run: folder or run id.
+        tracking_uri: where to look a run id up; default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``
+            (the shipped pipelines' store).
+
+    Raises:
+        FileNotFoundError: no such folder / run, or the run has no checkpoint yet (it crashed before its first
+            epoch ended: start it again instead).
+        ValueError: a cross-validation parent folder (resume one of its ``fold_<k>`` folders).
+    """
+    from medpipe.engine.resume import latest_checkpoint
+
+    folder = Path(run)
+    if not folder.is_dir():
+        from medpipe.tracking import run_output_dir
+
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        try:
+            folder = run_output_dir(run, uri)
+        except Exception as exc:  # mlflow raises its own exception types
+            raise FileNotFoundError(f"--resume {run}: not a folder, and not a run id in MLflow at {uri} "
+                                    f"({exc})") from None
+    config_file = folder / "config.resolved.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--resume {run}: {config_file} not found; expected a medpipe run folder")
+    cfg = load_config(config_file)
+    if cfg.data.split.kfold is not None and cfg.data.split.fold is None:
+        raise ValueError(f"--resume {run}: a cross-validation run; resume one fold folder, e.g. {folder}/fold_0")
+    ckpt = latest_checkpoint(folder / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"--resume {run}: no checkpoints/latest_checkpoint_<epoch>.pt in {folder} (the run "
+                                "stopped before its first epoch ended); start it again instead")
+    run_id = None
+    info = folder / "mlflow_run.json"
+    if info.is_file():
+        run_id = json.loads(info.read_text()).get("run_id")
+    return cfg, ResumeFrom(folder, ckpt, run_id)
+
+
+def _check_same_split(data: "_Data", out_dir: Path) -> None:
+    """Resuming: the cases must be those the run started with (``manifest.json``)."""
+    from medpipe.data.datasets import DataError
+
+    saved = json.loads((out_dir / "manifest.json").read_text())
+    for split in ("train", "val", "test"):
+        if saved.get(split, []) != getattr(data, split):
+            raise DataError(f"cannot resume {out_dir}: its {split} split (manifest.json, {len(saved.get(split, []))}"
+                            f" cases) differs from the data found now ({len(getattr(data, split))} cases); the data "
+                            "under data.root changed since the run started")
+
+
+def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Optional[_Data] = None,
+                 resume: Optional[ResumeFrom] = None) -> RunResult:
     """Train, evaluate and predict a validated pipeline; track it in MLflow.
 
     Segmentation: train, re-evaluate the best checkpoint on the validation split, predict masks for
@@ -163,11 +286,17 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
     :func:`medpipe.cv.run_cross_validation` runs every fold and the result is a :class:`medpipe.cv.CVResult`.
     A run started while an MLflow run is active (a cross-validation parent, or the caller's own) is its child.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; training is distributed data-parallel
+    (:mod:`medpipe.engine.distributed`) and rank 0 alone writes artifacts, checkpoints and the MLflow run, then
+    evaluates and predicts by itself once training is over.
+
     Args:
         cfg: the validated pipeline.
         out_dir: the run's artifact folder (created; must not exist); default ``<output_dir>/<name>-<time>``.
         data: the split cases, when already prepared (cross-validation folds); default: discovered, checked and
             split here.
+        resume: continue an interrupted run (:func:`find_resume`): its folder, latest checkpoint (network,
+            optimizer, scheduler, AMP scaler, epoch, RNG states, history) and MLflow run.
 
     Raises:
         medpipe.data.datasets.DataError: bad or inconsistent data (names the file).
@@ -176,112 +305,138 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
     """
     import torch
 
-    from medpipe.data.datasets import build_dataset, build_loader, manifest_hash
+    from medpipe.data.datasets import build_dataset, build_loader
     from medpipe.data.transforms import build_transforms
+    from medpipe.engine.distributed import init_distributed, partition_cases
     from medpipe.engine.trainer import build_engines, seed_everything
     from medpipe.nets import build_net
     from medpipe.nets.factory import prepare_net
-    from medpipe.tracking import Tracker, env_summary, git_commit, library_versions
+    from medpipe.tracking import Tracker
 
     if cfg.data.split.kfold is not None and cfg.data.split.fold is None and data is None:
         from medpipe.cv import run_cross_validation
 
         return run_cross_validation(cfg)
     t0 = time.time()
-    out_dir = Path(out_dir) if out_dir is not None else _run_dir(cfg)
-    out_dir.mkdir(parents=True)
-    resolved = resolved_dict(cfg)
-    (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    dist = init_distributed(cfg.train.device)
+    try:
+        if not dist.is_main:  # one voice: rank 0 logs, the others warn
+            logging.getLogger("medpipe").setLevel(logging.WARNING)
+        if resume is not None:
+            out_dir = resume.output_dir
+        elif dist.is_main:
+            out_dir = Path(out_dir) if out_dir is not None else _run_dir(cfg)
+            out_dir.mkdir(parents=True)
+        out_dir = Path(dist.broadcast(str(out_dir) if dist.is_main else None))
+        resolved = resolved_dict(cfg)
+        if dist.is_main and resume is None:
+            (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    _slide_files(cfg)  # a missing slide or mask fails now, not after training
-    data = data if data is not None else _prepare_data(cfg)
-    manifest = {"train": data.train, "val": data.val, "test": data.test, "skipped": data.problems}
-    if data.classes is not None:
-        manifest["classes"] = data.classes
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        _slide_files(cfg)  # a missing slide or mask fails now, not after training
+        data = _prepare_on_main(cfg, data, dist)
+        if resume is not None:
+            _check_same_split(data, out_dir)
+        elif dist.is_main:
+            manifest = {"train": data.train, "val": data.val, "test": data.test, "skipped": data.problems}
+            if data.classes is not None:
+                manifest["classes"] = data.classes
+            (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    # Name the MLflow run after its artifact folder (<name>-<time>); MLflow's random names repeat here because
-    # seed_everything has seeded the generator they are drawn from.
-    tracker = Tracker(cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or out_dir.name}), cfg.name)
-    with tracker:
-        tracker.log_params(flatten(resolved))
-        tracker.set_tags({
-            "pipeline": cfg.name, "task": cfg.task, "output_dir": str(out_dir.resolve()),
-            "git_commit": git_commit(Path(__file__).parent) or "none",
-            "dataset.manifest_sha256": manifest_hash(data.cases), **data.tags(),
-            **{f"version.{k}": v for k, v in library_versions().items()}, **env_summary(),
-        })
-        tracker.log_artifact(out_dir / "config.resolved.yaml")
-        tracker.log_artifact(out_dir / "manifest.json")
-        problems_file = _write_problems(data.problems, out_dir)
-        if problems_file is not None:
-            tracker.log_artifact(problems_file)
+        # Name the MLflow run after its artifact folder (<name>-<time>); MLflow's random names repeat here because
+        # seed_everything has seeded the generator they are drawn from.
+        tracker = Tracker(cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or out_dir.name,
+                                                          "enabled": cfg.tracking.enabled and dist.is_main}),
+                          cfg.name, resume_run_id=resume.run_id if resume is not None else None)
+        with tracker:
+            if resume is None:
+                _log_run_start(cfg, resolved, data, out_dir, tracker, dist)
 
-        train_tf = build_transforms(cfg.transforms.train, "transforms.train")
-        val_tf = build_transforms(cfg.transforms.val, "transforms.val")
-        infer_tf = build_transforms(cfg.infer_transforms(), "transforms.infer") if cfg.task == "segmentation" \
-            else None
-        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
-        progress = cfg.train.progress
-        train_ds = build_dataset(data.train, train_tf, cfg.data, cache_dir / "train", progress)
-        val_ds = build_dataset(data.val, val_tf, cfg.data, cache_dir / "val", progress)
-        if cfg.task == "segmentation":
-            train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers, cfg.train.seed)
-        else:  # a last batch of one sample would break batch norm
-            train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers, cfg.train.seed,
-                                        sample_weights=data.sample_weights,
-                                        drop_last=len(data.train) > cfg.train.batch_size)
-        val_loader = build_loader(val_ds, cfg.train.val_batch_size, False, cfg.data.num_workers, cfg.train.seed)
+            train_tf = build_transforms(cfg.transforms.train, "transforms.train")
+            val_tf = build_transforms(cfg.transforms.val, "transforms.val")
+            infer_tf = build_transforms(cfg.infer_transforms(), "transforms.infer") if cfg.task == "segmentation" \
+                else None
+            cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+            progress = cfg.train.progress and dist.is_main
+            # under torchrun each rank caches and trains on its own share of the cases
+            train_cases = partition_cases(data.train, dist, cfg.data.split.seed, even=True)
+            val_cases = partition_cases(data.val, dist, cfg.data.split.seed, even=False)
+            train_ds = build_dataset(train_cases, train_tf, cfg.data, cache_dir / "train", progress)
+            val_ds = build_dataset(val_cases, val_tf, cfg.data, cache_dir / "val", progress)
+            if cfg.task == "segmentation":
+                train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers,
+                                            cfg.train.seed)
+            else:  # a last batch of one sample would break batch norm
+                weights = data.sample_weights if not dist.distributed else _partition_weights(cfg, data, train_cases)
+                train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers,
+                                            cfg.train.seed, sample_weights=weights,
+                                            drop_last=len(train_cases) > cfg.train.batch_size)
+            val_loader = build_loader(val_ds, cfg.train.val_batch_size, False, cfg.data.num_workers, cfg.train.seed)
 
-        net = build_net(cfg.net)
-        net, load_report = prepare_net(net, cfg.net, cfg.tracking.tracking_uri if cfg.tracking.enabled else None)
-        if load_report is not None:
-            logger.info("%s", load_report.summary())
-            (out_dir / "pretrained_report.json").write_text(json.dumps(load_report.to_dict(), indent=1))
-            tracker.log_artifact(out_dir / "pretrained_report.json")
-            tracker.log_metrics({"pretrained_loaded_fraction":
-                                 load_report.n_loaded_values / max(load_report.n_net_values, 1)})
-        engines = build_engines(cfg, net, train_loader, val_loader, out_dir / "checkpoints",
-                                class_weights=data.class_weights)
-        tracker.attach(engines)
-        logger.info("training %s: %d train / %d val cases, %d epochs on %s", cfg.name, len(data.train),
-                    len(data.val), cfg.train.max_epochs, engines.device)
-        engines.trainer.run()
-        train_seconds = time.time() - t0
+            net = build_net(cfg.net)
+            net, load_report = prepare_net(net, cfg.net,
+                                           cfg.tracking.tracking_uri if cfg.tracking.enabled else None)
+            if load_report is not None and dist.is_main and resume is None:
+                logger.info("%s", load_report.summary())
+                (out_dir / "pretrained_report.json").write_text(json.dumps(load_report.to_dict(), indent=1))
+                tracker.log_artifact(out_dir / "pretrained_report.json")
+                tracker.log_metrics({"pretrained_loaded_fraction":
+                                     load_report.n_loaded_values / max(load_report.n_net_values, 1)})
+            engines = build_engines(cfg, net, train_loader, val_loader, out_dir / "checkpoints",
+                                    class_weights=data.class_weights, dist=dist)
+            tracker.attach(engines)
+            if resume is not None:
+                epoch = engines.resume(resume.checkpoint)
+                logger.info("resuming %s from %s: epoch %d of %d done", out_dir, resume.checkpoint.name, epoch,
+                            cfg.train.max_epochs)
+                tracker.set_tags({f"resumed.{int(time.time())}": f"after epoch {epoch}"})
+            logger.info("training %s: %d train / %d val cases, %d epochs on %s%s", cfg.name, len(data.train),
+                        len(data.val), cfg.train.max_epochs, engines.device,
+                        f" x {dist.world_size} processes ({dist.backend})" if dist.distributed else "")
+            engines.trainer.run()
+            train_seconds = time.time() - t0
+            if dist.distributed:
+                dist.close()  # every rank; rank 0 evaluates and predicts alone from here on
+                if not dist.is_main:
+                    return RunResult(out_dir, {}, seconds=time.time() - t0)
+                val_ds = build_dataset(data.val, val_tf, cfg.data, cache_dir / "val", progress)
+                val_loader = build_loader(val_ds, cfg.train.val_batch_size, False, cfg.data.num_workers,
+                                          cfg.train.seed)
 
-        # Final evaluation with the best checkpoint (the one selected on the key validation metric).
-        best = engines.best_checkpoint
-        if best is not None:
-            state = torch.load(best, map_location=engines.device, weights_only=True)
-            engines.net.load_state_dict(state.get("net", state))
-        final: Dict[str, float] = {}
-        predictions: Dict[str, List[Dict]] = {}
-        if cfg.task == "segmentation":
-            _finish_segmentation(cfg, engines, val_loader, data, infer_tf, out_dir, tracker, final, predictions,
-                                 train_seconds, t0)
-        else:
-            test_loader = None
-            if data.test:
-                test_ds = build_dataset(data.test, val_tf, cfg.data, cache_dir / "test", progress)
-                test_loader = build_loader(test_ds, cfg.train.val_batch_size, False, cfg.data.num_workers,
-                                           cfg.train.seed)
-            doc, report = _finish_classification(cfg, engines, val_loader, test_loader, data, out_dir, tracker,
-                                                 final, train_seconds)
-            if cfg.slide_infer is not None:
-                threshold = doc["threshold"] if doc["threshold"] is not None else 0.5
-                doc["slides"], section = _finish_slides(cfg, engines.net, engines.device, out_dir, tracker, final,
-                                                        threshold)
-                report += section
-            final["total_seconds"] = time.time() - t0
-            tracker.log_metrics(final)
-            (out_dir / "metrics.json").write_text(json.dumps(no_nan({"final": final, **doc}), indent=1))
-            (out_dir / "report.md").write_text(report)
-            for p in ("metrics.json", "report.md", "plots", "predictions"):
-                tracker.log_artifact(out_dir / p, p if p in ("plots", "predictions") else None)
-        model_uri = tracker.log_model(engines.net)
-    return RunResult(out_dir, final, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None,
-                     model_uri, predictions, time.time() - t0)
+            # Final evaluation with the best checkpoint (the one selected on the key validation metric).
+            best = engines.best_checkpoint
+            if best is not None:
+                state = torch.load(best, map_location=engines.device, weights_only=True)
+                engines.net.load_state_dict(state.get("net", state))
+            final: Dict[str, float] = {}
+            predictions: Dict[str, List[Dict]] = {}
+            if cfg.task == "segmentation":
+                _finish_segmentation(cfg, engines, val_loader, data, infer_tf, out_dir, tracker, final,
+                                     predictions, train_seconds, t0)
+            else:
+                test_loader = None
+                if data.test:
+                    test_ds = build_dataset(data.test, val_tf, cfg.data, cache_dir / "test", progress)
+                    test_loader = build_loader(test_ds, cfg.train.val_batch_size, False, cfg.data.num_workers,
+                                               cfg.train.seed)
+                doc, report = _finish_classification(cfg, engines, val_loader, test_loader, data, out_dir,
+                                                     tracker, final, train_seconds)
+                if cfg.slide_infer is not None:
+                    threshold = doc["threshold"] if doc["threshold"] is not None else 0.5
+                    doc["slides"], section = _finish_slides(cfg, engines.net, engines.device, out_dir, tracker,
+                                                            final, threshold)
+                    report += section
+                final["total_seconds"] = time.time() - t0
+                tracker.log_metrics(final)
+                (out_dir / "metrics.json").write_text(json.dumps(no_nan({"final": final, **doc}), indent=1))
+                (out_dir / "report.md").write_text(report)
+                for p in ("metrics.json", "report.md", "plots", "predictions"):
+                    tracker.log_artifact(out_dir / p, p if p in ("plots", "predictions") else None)
+            model_uri = tracker.log_model(engines.net)
+        return RunResult(out_dir, final, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None,
+                         model_uri, predictions, time.time() - t0)
+    finally:
+        dist.close()
 
 
 def _finish_segmentation(cfg, engines, val_loader, data: _Data, infer_tf, out_dir: Path, tracker, final: Dict,
@@ -471,7 +626,11 @@ def _best_epoch(history: Dict[str, list], key: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m medpipe.run", description=__doc__.split("\n")[0])
-    p.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/em_unet.yaml")
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML file, e.g. pipelines/em_unet.yaml")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its latest checkpoint, logging "
+                   "into the same MLflow run: its artifact folder or MLflow run id (its own config is used)")
+    p.add_argument("--tracking-uri", help="with --resume RUN_ID: the MLflow store to find the run in (default "
+                   "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_epochs=3 (repeatable; values are YAML)")
     p.add_argument("--validate-only", action="store_true", help="validate the pipeline and exit")
@@ -481,23 +640,34 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code (0 ok, 2 invalid config or data)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     configure_cli_logging(args.verbose)
+    if args.resume is not None and (args.pipeline or args.overrides):
+        parser.error("--resume continues a run with its own config.resolved.yaml: give no pipeline and no --set")
+    if args.resume is None and not args.pipeline:
+        parser.error("a pipeline YAML file (or --resume RUN) is required")
+    resume = None
     try:
-        cfg = load_config(args.pipeline, args.overrides)
-    except (ConfigError, FileNotFoundError) as exc:
+        if args.resume is not None:
+            cfg, resume = find_resume(args.resume, args.tracking_uri)
+        else:
+            cfg = load_config(args.pipeline, args.overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
     if args.validate_only:
-        print(f"{args.pipeline}: valid ({cfg.name}, task {cfg.task}, net {cfg.net.name})")
+        print(f"{args.pipeline or args.resume}: valid ({cfg.name}, task {cfg.task}, net {cfg.net.name})")
         return 0
     from medpipe.data.datasets import DataError
 
     try:
-        result = run_pipeline(cfg)
+        result = run_pipeline(cfg, resume=resume)
     except (DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
     print(f"artifacts: {result.output_dir}")
     for fold in getattr(result, "folds", []):  # cross-validation: one child run per fold
         print(f"  fold {fold.output_dir.name}: {fold.output_dir} (MLflow child run {fold.run_id})")

@@ -58,15 +58,18 @@ class Tracker:
     Args:
         cfg: :class:`medpipe.config.TrackingConfig`.
         pipeline_name: default experiment name.
+        resume_run_id: continue this existing run (``--resume``): it is set back to ``RUNNING`` and everything is
+            logged into it.
 
     Example:
         >>> with Tracker(cfg.tracking, cfg.name) as tracker:   # doctest: +SKIP
         ...     tracker.log_params({...}); tracker.attach(engines)
     """
 
-    def __init__(self, cfg, pipeline_name: str):
+    def __init__(self, cfg, pipeline_name: str, resume_run_id: Optional[str] = None):
         self.cfg = cfg
         self.enabled = bool(cfg.enabled)
+        self.resume_run_id = resume_run_id
         self.run_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
         self.parent_run_id: Optional[str] = None
@@ -102,6 +105,11 @@ class Tracker:
                                                           artifact_location=self.cfg.artifact_location)
         else:
             self.experiment_id = exp.experiment_id
+        if self.resume_run_id:
+            run = mlflow.start_run(run_id=self.resume_run_id)
+            self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+            logger.info("MLflow run %s resumed at %s", self.run_id, self.cfg.tracking_uri)
+            return
         parent = mlflow.active_run()
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.cfg.run_name,
                                tags=dict(self.cfg.tags), nested=parent is not None)
@@ -173,27 +181,23 @@ class Tracker:
 
     # --------------------------------------------------------------------------------------- engines
     def attach(self, engines) -> None:
-        """Log per-epoch training loss and learning rate (trainer) and validation metrics (evaluator), with the
-        trainer's epoch as step; keep them in :attr:`history` for plots (also when tracking is disabled)."""
+        """Log each epoch's training record (loss, samples, learning rate, ...) and validation metrics (as
+        ``val_<name>``) with the trainer's epoch as step. :attr:`history` becomes the engines' history
+        (:class:`medpipe.engine.resume.History`, restored with the rest on resume), for plots and reports."""
         from ignite.engine import Events
 
         trainer, evaluator = engines.trainer, engines.evaluator
+        self.history = engines.history.data
 
         @trainer.on(Events.EPOCH_COMPLETED)
         def _train_epoch(engine):
-            rec = {"epoch": engine.state.epoch, "train_loss": engine.state.metrics["train_loss"],
-                   "lr": engine.state.metrics["lr"]}
-            if "train_accuracy" in engine.state.metrics:  # classification
-                rec["train_accuracy"] = engine.state.metrics["train_accuracy"]
-            self.history["train"].append(rec)
+            rec = self.history["train"][-1]
             self.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
 
         @evaluator.on(Events.EPOCH_COMPLETED)
         def _val_epoch(engine):
-            epoch = trainer.state.epoch
-            vals = {k: float(v) for k, v in engine.state.metrics.items()}
-            self.history["val"].append({"epoch": epoch, **vals})
-            self.log_metrics({f"val_{k}": v for k, v in vals.items()}, step=epoch)
+            rec = self.history["val"][-1]
+            self.log_metrics({f"val_{k}": v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
 
 
 def client_for(tracking_uri: str):
@@ -201,6 +205,21 @@ def client_for(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def run_output_dir(run_id: str, tracking_uri: str) -> Path:
+    """The artifact folder of a medpipe run (its ``output_dir`` tag), for ``--resume <run id>``.
+
+    Raises:
+        mlflow.exceptions.MlflowException: no run ``run_id`` at ``tracking_uri``.
+        ValueError: the run has no ``output_dir`` tag (not started by ``medpipe.run``).
+    """
+    run = client_for(tracking_uri).get_run(run_id)
+    folder = run.data.tags.get("output_dir")
+    if not folder:
+        raise ValueError(f"MLflow run {run_id} at {tracking_uri} has no output_dir tag; was it started by "
+                         "python -m medpipe.run? Pass its artifact folder to --resume instead")
+    return Path(folder)
 
 
 def env_summary() -> Dict[str, str]:

@@ -408,9 +408,10 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0, 
                                                          num_samples=len(dataset), replacement=True,
                                                          generator=gen)
         shuffle = False
+    # workers are re-created every epoch (not persistent) so that re-seeding the generator at an epoch's start
+    # (medpipe.engine.resume.EpochReseed) also re-seeds their random transforms
     return md.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                         num_workers=num_workers, generator=gen, persistent_workers=num_workers > 0,
-                         drop_last=drop_last)
+                         num_workers=num_workers, generator=gen, persistent_workers=False, drop_last=drop_last)
 
 
 # ------------------------------------------------------------------------------------------- classification

@@ -1,8 +1,10 @@
 """Training and validation engines on ``monai.engines.SupervisedTrainer`` / ``SupervisedEvaluator``.
 
 ``build_engines`` wires the MONAI handlers the pipeline needs: validation every ``val_interval`` epochs,
-best-checkpoint saving on the key metric plus a "latest" checkpoint every epoch, LR scheduling, optional
-early stopping, gradient-norm clipping, per-epoch mean training loss, and progress bars.
+best-checkpoint saving on the key metric plus a resumable "latest" checkpoint every epoch (both atomic;
+:mod:`medpipe.engine.resume`), LR scheduling, optional early stopping, gradient-norm clipping, per-epoch training
+loss and sample count, progress bars, the GPU options (AMP, channels-last, ``torch.compile``) and, under
+``torchrun``, ``DistributedDataParallel`` (:mod:`medpipe.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from ignite.engine import Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.handlers import (
-    CheckpointSaver,
     EarlyStopHandler,
     LrScheduleHandler,
     StatsHandler,
@@ -62,7 +63,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 @dataclass
 class Engines:
-    """The wired training objects. ``trainer.run()`` trains, validating through ``evaluator``."""
+    """The wired training objects. ``trainer.run()`` trains, validating through ``evaluator``.
+
+    ``net`` is the plain network (checkpointed, evaluated); ``trainer.network`` may wrap it
+    (``DistributedDataParallel``, ``torch.compile``). ``state`` holds every object written to the latest
+    checkpoint (:mod:`medpipe.engine.resume`); ``history`` the per-epoch records.
+    """
 
     trainer: SupervisedTrainer
     evaluator: SupervisedEvaluator
@@ -71,18 +77,53 @@ class Engines:
     scheduler: Optional[object]
     checkpoint_dir: Path
     device: torch.device
+    history: Optional[object] = None
+    state: Optional[dict] = None
+    best_saver: Optional[object] = None
 
     @property
     def best_checkpoint(self) -> Optional[Path]:
         """Path of the best-key-metric checkpoint, once one was saved."""
-        hits = sorted(self.checkpoint_dir.glob("best_*.pt"))
+        if self.best_saver is not None and self.best_saver.last_checkpoint is not None:
+            path = Path(self.best_saver.last_checkpoint)
+            return path if path.is_file() else None
+        hits = sorted(self.checkpoint_dir.glob("best_*.pt"), key=lambda p: p.stat().st_mtime)
         return hits[-1] if hits else None
 
+    def resume(self, checkpoint: Path) -> int:
+        """Load a ``latest_checkpoint_<epoch>.pt`` into every object of :attr:`state`; ``trainer.run()`` then
+        continues with the next epoch. Best-checkpoint files that the restored state does not know (written
+        after the checkpoint, by the run that was interrupted) are deleted, so the best model stays the best of
+        the epochs the resumed run has.
 
-def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False) -> None:
-    """Mean training loss over each epoch into ``trainer.state.metrics["train_loss"]`` (sample-weighted), and
-    with ``accuracy`` (classification) the fraction of training samples whose argmax logit is their label into
-    ``trainer.state.metrics["train_accuracy"]`` (measured on the augmented batches, while the weights change)."""
+        Returns:
+            The epoch the checkpoint was written after.
+
+        Raises:
+            KeyError: the checkpoint lacks an object this run needs (e.g. written with another scheduler).
+        """
+        from ignite.handlers import Checkpoint
+
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        missing = sorted(set(self.state) - set(ckpt))
+        if missing:
+            raise KeyError(f"{checkpoint}: has no {missing} (it holds {sorted(ckpt)}); was it written by a run "
+                           "with another configuration?")
+        Checkpoint.load_objects(self.state, ckpt)
+        keep = {Path(item.filename).name for item in getattr(self.best_saver, "_saved", [])}
+        for stale in self.checkpoint_dir.glob("best_*.pt"):
+            if stale.name not in keep:
+                logger.info("resume: removing %s, written after the checkpoint being resumed", stale.name)
+                stale.unlink()
+        return int(self.trainer.state.epoch)
+
+
+def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False, dist=None) -> None:
+    """Per-epoch training statistics into ``trainer.state.metrics``: ``train_loss``, the mean training loss
+    (sample-weighted), ``train_samples``, the number of training samples seen (random crops count one each),
+    ``lr``, and with ``accuracy`` (classification) ``train_accuracy``, the fraction of training samples whose
+    argmax logit is their label (measured on the augmented batches, while the weights change). Under
+    distributed training (``dist``) sums are taken over all ranks, so the numbers describe the whole epoch."""
     acc = {"sum": 0.0, "n": 0, "correct": 0, "seen": 0}
 
     @trainer.on(Events.EPOCH_STARTED)
@@ -107,10 +148,14 @@ def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False) -> No
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _store(engine):
-        engine.state.metrics["train_loss"] = acc["sum"] / max(acc["n"], 1)
+        total, n, correct, seen = [acc[k] for k in ("sum", "n", "correct", "seen")]
+        if dist is not None:
+            total, n, correct, seen = dist.all_reduce_sum([total, n, correct, seen])
+        engine.state.metrics["train_loss"] = total / max(n, 1)
+        engine.state.metrics["train_samples"] = float(n)
         engine.state.metrics["lr"] = engine.optimizer.param_groups[0]["lr"]
         if accuracy:
-            engine.state.metrics["train_accuracy"] = acc["correct"] / max(acc["seen"], 1)
+            engine.state.metrics["train_accuracy"] = correct / max(seen, 1)
 
 
 def _attach_grad_clip(trainer: SupervisedTrainer, max_norm: float) -> None:
@@ -123,7 +168,8 @@ def _attach_grad_clip(trainer: SupervisedTrainer, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), max_norm)
 
 
-def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, handlers=()) -> SupervisedEvaluator:
+def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, handlers=(), amp_kwargs=None,
+                    prepare_batch=None) -> SupervisedEvaluator:
     """A ``SupervisedEvaluator`` computing the metrics of ``cfg.metrics`` into ``evaluator.state.metrics``.
 
     Segmentation: sliding-window inference (``cfg.infer``), softmax, argmax, one-hot. Classification:
@@ -137,6 +183,8 @@ def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, han
             classification: ``{"image": (B, C, H, W), "label": (B,)}`` int64 class indices.
         device: torch device.
         handlers: extra MONAI/ignite handlers to attach.
+        amp_kwargs: ``torch.autocast`` arguments under AMP (e.g. ``{"dtype": torch.bfloat16}``).
+        prepare_batch: MONAI ``prepare_batch`` (e.g. a channels-last one); default MONAI's.
     """
     amp = bool(cfg.train.amp and device.type == "cuda")
     if cfg.task == "classification":
@@ -158,52 +206,108 @@ def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, han
     return SupervisedEvaluator(
         device=device, val_data_loader=loader, network=net, inferer=inferer,
         postprocessing=post, key_val_metric=key_metric, additional_metrics=extra_metrics, amp=amp,
-        val_handlers=list(handlers),
+        val_handlers=list(handlers), amp_kwargs=amp_kwargs,
+        **({"prepare_batch": prepare_batch} if prepare_batch is not None else {}),
     )
 
 
+def _channels_last_batch(memory_format: torch.memory_format):
+    """A ``prepare_batch`` for MONAI engines that moves ``image`` to the device in ``memory_format`` (e.g.
+    ``torch.channels_last`` for ``(B, C, H, W)``) and ``label`` as it is (a class-index vector has no channel
+    layout)."""
+    from monai.engines.utils import default_prepare_batch
+
+    def prepare(batchdata, device=None, non_blocking=False, **kwargs):
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        return image.contiguous(memory_format=memory_format), label
+
+    return prepare
+
+
+def _attach_latest_checkpoint(trainer: SupervisedTrainer, saver) -> None:
+    """Register ``saver`` on ``EPOCH_COMPLETED`` when the run starts, i.e. after every handler attached while
+    wiring (validation, scheduling, history, MLflow logging), so the checkpoint holds the state they leave."""
+    def _register(engine):
+        if not engine.has_event_handler(saver, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
+
+    trainer.add_event_handler(Events.STARTED, _register)
+
+
 def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoint_dir: Path,
-                  class_weights=None) -> Engines:
+                  class_weights=None, dist=None) -> Engines:
     """Build trainer and evaluator for a segmentation or classification pipeline.
 
     Args:
         cfg: the validated :class:`medpipe.config.PipelineConfig`.
         net: the network (moved to the device here).
         train_loader: segmentation: batches ``{"image": (B, C, *roi), "label": (B, 1, *roi)}``;
-            classification: ``{"image": (B, C, H, W), "label": (B,)}``.
+            classification: ``{"image": (B, C, H, W), "label": (B,)}``. Re-seeded every epoch
+            (:class:`medpipe.engine.resume.EpochReseed`).
         val_loader: validation cases (batch size ``train.val_batch_size``); segmentation cases are full size
             and inferred with the sliding window of ``cfg.infer``.
-        checkpoint_dir: where ``best_*.pt`` (key metric) and ``latest_*.pt`` (every epoch) are written;
-            each holds ``net``, ``optimizer``, ``trainer`` (and ``scheduler``) state dicts.
+        checkpoint_dir: where ``best_net_<key>=<value>.pt`` (the network's state dict at the best key metric) and
+            ``latest_checkpoint_<epoch>.pt`` (every epoch: everything :mod:`medpipe.engine.resume` lists) are
+            written, atomically, by rank 0.
         class_weights: computed per-class loss weights (``loss.class_weights: balanced``), else ``None``.
+        dist: a :class:`medpipe.engine.distributed.DistContext` under ``torchrun`` (device, rank); the network
+            is then trained through ``DistributedDataParallel`` and validated unwrapped on each rank's share of
+            the validation cases.
+
+    GPU options (``train``): ``amp`` with ``amp_dtype`` (``torch.autocast`` on CUDA; float32 elsewhere),
+    ``channels_last`` (network and input batches in NHWC / NDHWC memory format), ``compile`` (``torch.compile``
+    of the training network through MONAI's ``SupervisedTrainer(compile=True)``).
 
     With ``train.freeze_backbone_epochs`` N > 0 the backbone is frozen for the first N epochs
     (:func:`medpipe.engine.transfer.attach_freeze_schedule`); the optimizer covers all parameters throughout.
 
     Returns:
-        :class:`Engines`.
+        :class:`Engines`; :meth:`Engines.resume` loads a latest checkpoint into them.
     """
+    from ignite.handlers import Checkpoint, DiskSaver
+
+    from medpipe.engine.resume import (BEST_PREFIX, LATEST_PREFIX, EpochReseed, History, RNGState,
+                                       StateAttributes)
+
     tc = cfg.train
-    device = resolve_device(tc.device)
+    device = dist.device if dist is not None else resolve_device(tc.device)
+    rank = dist.rank if dist is not None else 0
     amp = bool(tc.amp and device.type == "cuda")
     if tc.amp and not amp:
         logger.info("train.amp is on but the device is %s: AMP is used on CUDA only; training in float32", device)
     net = net.to(device)
+    engine_kwargs: dict = {}
+    if amp:
+        engine_kwargs["amp_kwargs"] = {"dtype": getattr(torch, tc.amp_dtype)}
+    if tc.channels_last:
+        fmt = torch.channels_last if cfg.net.spatial_dims == 2 else torch.channels_last_3d
+        net = net.to(memory_format=fmt)
+        engine_kwargs["prepare_batch"] = _channels_last_batch(fmt)
+    train_net: torch.nn.Module = net
+    if dist is not None and dist.distributed:
+        train_net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(cfg.optimizer, net.parameters())
     scheduler = build_scheduler(cfg.scheduler, optimizer, tc.max_epochs)
     loss = build_loss(cfg.loss, class_weights).to(device)
     key = cfg.metrics.key_metric
 
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
     evaluator = build_evaluator(cfg, net, val_loader, device,
-                                handlers=[StatsHandler(iteration_log=False, name="medpipe.val")])
+                                handlers=[StatsHandler(iteration_log=False, name="medpipe.val")],
+                                amp_kwargs=engine_kwargs.get("amp_kwargs"),
+                                prepare_batch=engine_kwargs.get("prepare_batch"))
     trainer = SupervisedTrainer(
-        device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=net,
-        optimizer=optimizer, loss_function=loss, amp=amp,
+        device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=train_net,
+        optimizer=optimizer, loss_function=loss, amp=amp, compile=tc.compile, **engine_kwargs,
     )
+    EpochReseed(train_loader, tc.seed, rank).attach(trainer)
     # first, so that every later handler sees this epoch's loss and lr
-    _attach_epoch_loss(trainer, accuracy=cfg.task == "classification")
+    _attach_epoch_loss(trainer, accuracy=cfg.task == "classification", dist=dist)
+    history = History()
+    history.attach(trainer, evaluator)
     if getattr(tc, "freeze_backbone_epochs", 0):
         from medpipe.engine.transfer import attach_freeze_schedule
 
@@ -214,23 +318,33 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
     if tc.grad_clip_norm:
         _attach_grad_clip(trainer, tc.grad_clip_norm)
 
-    save = {"net": net, "optimizer": optimizer, "trainer": trainer}
+    state = {"net": net, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "history": history,
+             "evaluator": StateAttributes(evaluator.state, ["best_metric", "best_metric_epoch"])}
+    if trainer.scaler is not None:
+        state["scaler"] = trainer.scaler
     if scheduler is not None:
-        save["scheduler"] = scheduler
+        state["scheduler"] = scheduler
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             LrScheduleHandler(scheduler, print_lr=False,
                               step_transform=lambda e: e.state.metrics[key]).attach(evaluator)
         else:
             LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
-    CheckpointSaver(str(checkpoint_dir), {"net": net}, file_prefix="best", save_key_metric=True,
-                    key_metric_name=key, key_metric_n_saved=1).attach(evaluator)
-    CheckpointSaver(str(checkpoint_dir), save, file_prefix="latest", save_interval=1, n_saved=1,
-                    epoch_level=True).attach(trainer)
+    best = Checkpoint({"net": net}, DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
+                      filename_prefix=BEST_PREFIX, score_function=stopping_fn_from_metric(key), score_name=key,
+                      n_saved=1)
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED, best)
+    state["best"] = best
     if tc.early_stop_patience:
-        EarlyStopHandler(patience=tc.early_stop_patience, score_function=stopping_fn_from_metric(key),
-                         trainer=trainer, epoch_level=True).attach(evaluator)
-    if tc.progress:
+        early = EarlyStopHandler(patience=tc.early_stop_patience, score_function=stopping_fn_from_metric(key),
+                                 trainer=trainer, epoch_level=True)
+        early.attach(evaluator)
+        state["early_stop"] = early._handler  # ignite EarlyStopping: counter and best score
+    latest = Checkpoint(state, DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
+                        filename_prefix=LATEST_PREFIX, n_saved=1,
+                        global_step_transform=lambda engine, _: engine.state.epoch)
+    _attach_latest_checkpoint(trainer, latest)
+    if tc.progress and rank == 0:
         from ignite.handlers import ProgressBar
 
         ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
-    return Engines(trainer, evaluator, net, optimizer, scheduler, checkpoint_dir, device)
+    return Engines(trainer, evaluator, net, optimizer, scheduler, checkpoint_dir, device, history, state, best)

@@ -1,0 +1,143 @@
+"""Distributed data-parallel training with PyTorch's own launcher and process group.
+
+``torchrun --nproc_per_node N -m medpipe.run pipelines/x.yaml`` starts N processes with ``RANK``, ``LOCAL_RANK``
+and ``WORLD_SIZE`` set; :func:`init_distributed` joins them into one process group (``nccl`` on CUDA, one GPU per
+process, ``gloo`` on CPU). The same YAML runs unchanged; what changes under DDP:
+
+* the network is wrapped in ``torch.nn.parallel.DistributedDataParallel`` (gradients all-reduced every step);
+* the training cases are partitioned across ranks with ``monai.data.partition_dataset`` (shuffled with
+  ``data.split.seed``, evenly divisible, so every rank runs the same number of steps) and each rank caches only its
+  own partition: the cache is split, not duplicated; the validation cases are partitioned too (not padded) and
+  MONAI's cumulative metrics all-gather every rank's per-case values before reducing, so validation metrics are
+  those of the whole split;
+* the per-epoch training loss and sample count are summed over ranks;
+* only rank 0 writes the artifact folder, checkpoints and MLflow run; the other ranks log warnings only.
+
+Every rank sees ``len(train) / N`` cases per epoch, so an epoch covers the training split once, as with one
+process, and the effective batch size is ``N * train.batch_size`` (scale the learning rate yourself if you want
+the linear-scaling rule of Goyal et al. 2017; medpipe does not change it behind your back).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, List, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistContext", "init_distributed", "partition_cases"]
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: ``rank`` of ``world_size`` processes, its ``device`` and ``backend``.
+
+    With one process (no ``torchrun``) ``world_size`` is 1, ``rank`` 0 and every collective is a no-op.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = ""
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (``torch.distributed.broadcast_object_list``; pickled, so keep it small)."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def all_reduce_sum(self, values: Sequence[float]) -> List[float]:
+        """Element-wise sum of ``values`` over ranks (float64)."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64,
+                         device=self.device if self.backend == "nccl" else "cpu")
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def close(self) -> None:
+        """Leave the process group (all ranks must call it); afterwards this process works alone."""
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        self.world_size, self.backend = 1, ""
+
+
+def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -> DistContext:
+    """Join the process group that ``torchrun`` set up, or return a single-process context.
+
+    Reads ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (set by ``torchrun``). With ``WORLD_SIZE`` > 1: backend
+    ``nccl`` and device ``cuda:<LOCAL_RANK>`` when CUDA is available and ``device_name`` is not ``cpu``, else
+    ``gloo`` on CPU; ``torch.distributed.init_process_group`` with the ``env://`` rendezvous. On CPU each process
+    uses ``cpu_count // local world size`` threads so the processes do not oversubscribe the cores.
+
+    Args:
+        device_name: ``train.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; under ``torchrun`` a CUDA device is
+            always ``cuda:<LOCAL_RANK>``).
+        timeout_minutes: collective timeout.
+
+    Raises:
+        RuntimeError: ``train.device`` asks for CUDA but none is available, or there are fewer GPUs than processes
+            on this node.
+    """
+    from medpipe.engine.trainer import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(device=resolve_device(device_name))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = resolve_device(device_name).type == "cuda"
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"torchrun started local rank {local_rank} but this node has "
+                               f"{torch.cuda.device_count()} CUDA device(s); use --nproc_per_node "
+                               f"{torch.cuda.device_count()} or fewer")
+        device, backend = torch.device(f"cuda:{local_rank}"), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    logger.info("distributed: rank %d of %d (local rank %d), backend %s, device %s, %d threads", rank, world,
+                local_rank, backend, device, torch.get_num_threads())
+    return DistContext(rank, world, local_rank, device, backend)
+
+
+def partition_cases(cases: Sequence[dict], ctx: DistContext, seed: int, even: bool) -> List[dict]:
+    """This rank's share of ``cases`` (``monai.data.partition_dataset``; the whole list with one process).
+
+    Args:
+        cases: all cases of a split.
+        ctx: the distributed context.
+        seed: shuffle seed (the same on every rank, so the partitions are disjoint).
+        even: pad by repeating cases so every rank gets the same count (training: equal step counts keep the
+            ranks' gradient all-reduces in lockstep); without it the shares differ by at most one (validation).
+    """
+    if not ctx.distributed:
+        return list(cases)
+    from monai.data import partition_dataset
+
+    parts = partition_dataset(list(cases), num_partitions=ctx.world_size, shuffle=True, seed=seed,
+                              drop_last=False, even_divisible=even)
+    return list(parts[ctx.rank])
