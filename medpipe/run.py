@@ -393,7 +393,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
             logger.info("training %s: %d train / %d val cases, %d epochs on %s%s", cfg.name, len(data.train),
                         len(data.val), cfg.train.max_epochs, engines.device,
                         f" x {dist.world_size} processes ({dist.backend})" if dist.distributed else "")
-            engines.trainer.run()
+            if resume is not None and engines.trainer.state.epoch >= cfg.train.max_epochs:
+                logger.info("all %d epochs were trained before the interruption; evaluating", cfg.train.max_epochs)
+            else:
+                engines.trainer.run()
             train_seconds = time.time() - t0
             if dist.distributed:
                 dist.close()  # every rank; rank 0 evaluates and predicts alone from here on

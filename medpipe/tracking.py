@@ -183,21 +183,40 @@ class Tracker:
     def attach(self, engines) -> None:
         """Log each epoch's training record (loss, samples, learning rate, ...) and validation metrics (as
         ``val_<name>``) with the trainer's epoch as step. :attr:`history` becomes the engines' history
-        (:class:`medpipe.engine.resume.History`, restored with the rest on resume), for plots and reports."""
+        (:class:`medpipe.engine.resume.History`, restored with the rest on resume), for plots and reports.
+
+        An epoch is logged after its latest checkpoint is written (the handler is registered when training
+        starts, after the checkpoint's), so a run killed in between logs that epoch on resume, and a resumed
+        epoch is never logged twice: on start, records of the (restored) history that MLflow does not have yet
+        are logged first.
+        """
         from ignite.engine import Events
 
-        trainer, evaluator = engines.trainer, engines.evaluator
+        trainer = engines.trainer
         self.history = engines.history.data
 
-        @trainer.on(Events.EPOCH_COMPLETED)
-        def _train_epoch(engine):
-            rec = self.history["train"][-1]
-            self.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
+        def _log(epoch: int) -> None:
+            for rec in self.history["train"]:
+                if rec["epoch"] == epoch:
+                    self.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch)
+            for rec in self.history["val"]:
+                if rec["epoch"] == epoch:
+                    self.log_metrics({f"val_{k}": v for k, v in rec.items() if k != "epoch"}, step=epoch)
 
-        @evaluator.on(Events.EPOCH_COMPLETED)
-        def _val_epoch(engine):
-            rec = self.history["val"][-1]
-            self.log_metrics({f"val_{k}": v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
+        def _epoch(engine):
+            _log(engine.state.epoch)
+
+        def _start(engine):
+            if self.enabled and self.history["train"]:  # resumed: catch up with the restored history
+                logged = self._mlflow.tracking.MlflowClient().get_metric_history(self.run_id, "train_loss")
+                last = max((m.step for m in logged), default=0)
+                for epoch in sorted({r["epoch"] for r in self.history["train"]}):
+                    if epoch > last:
+                        _log(epoch)
+            if not engine.has_event_handler(_epoch, Events.EPOCH_COMPLETED):
+                engine.add_event_handler(Events.EPOCH_COMPLETED, _epoch)
+
+        trainer.add_event_handler(Events.STARTED, _start)
 
 
 def client_for(tracking_uri: str):

@@ -1,9 +1,10 @@
 """Checkpoints that survive a crash, and resuming from them.
 
 Every epoch the trainer writes ``checkpoints/latest_checkpoint_<epoch>.pt`` with ignite's ``Checkpoint`` and an
-atomic ``DiskSaver`` (serialised to a temporary file in the same folder, then ``os.replace``-d over the final name),
-so a process killed while saving leaves the previous checkpoint intact and never a truncated one. The checkpoint
-holds everything the next epoch depends on:
+atomic ``DiskSaver`` (serialised to a temporary file in the same folder, then ``os.replace``-d to the final name).
+The two newest are kept, because ignite deletes the oldest file *before* writing the new one: a process killed
+while saving leaves the previous epoch's checkpoint complete, never a truncated one. The checkpoint holds everything
+the next epoch depends on:
 
 * ``net``, ``optimizer``, ``scheduler`` (when configured), ``scaler`` (the AMP ``GradScaler``, CUDA with
   ``train.amp``), ``trainer`` (ignite state: epoch, iteration);
@@ -33,7 +34,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RNGState", "History", "EpochReseed", "StateAttributes", "latest_checkpoint", "epoch_seed",
+__all__ = ["RNGState", "History", "EpochReseed", "StateAttributes", "latest_checkpoint", "checkpoint_epochs",
+           "epoch_seed",
            "LATEST_PREFIX", "BEST_PREFIX"]
 
 LATEST_PREFIX = "latest"
@@ -165,14 +167,18 @@ class EpochReseed:
             set_rnd(self.loader.dataset, s % (2**32))
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
-    """The ``latest_checkpoint_<epoch>.pt`` with the highest epoch in ``checkpoint_dir`` (a run killed between
-    writing a new one and deleting the old one leaves two), or ``None``. Temporary files of an interrupted save
-    are not ``.pt`` files and are ignored."""
-    best: Optional[Path] = None
-    best_epoch = -1
+def checkpoint_epochs(checkpoint_dir: Path) -> List[tuple]:
+    """``[(epoch, path)]`` of the ``latest_checkpoint_<epoch>.pt`` files in ``checkpoint_dir``, oldest first.
+    Temporary files of an interrupted save are not ``.pt`` files and are ignored."""
+    found = []
     for p in Path(checkpoint_dir).glob(f"{LATEST_PREFIX}_checkpoint_*.pt"):
         m = _LATEST_RE.match(p.name)
-        if m and int(m.group(1)) > best_epoch:
-            best, best_epoch = p, int(m.group(1))
-    return best
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+    """The ``latest_checkpoint_<epoch>.pt`` with the highest epoch in ``checkpoint_dir``, or ``None``."""
+    found = checkpoint_epochs(checkpoint_dir)
+    return found[-1][1] if found else None

@@ -80,6 +80,7 @@ class Engines:
     history: Optional[object] = None
     state: Optional[dict] = None
     best_saver: Optional[object] = None
+    latest_saver: Optional[object] = None
 
     @property
     def best_checkpoint(self) -> Optional[Path]:
@@ -110,7 +111,17 @@ class Engines:
             raise KeyError(f"{checkpoint}: has no {missing} (it holds {sorted(ckpt)}); was it written by a run "
                            "with another configuration?")
         Checkpoint.load_objects(self.state, ckpt)
-        keep = {Path(item.filename).name for item in getattr(self.best_saver, "_saved", [])}
+        saved = getattr(self.best_saver, "_saved", [])
+        lost = [item for item in saved if not (self.checkpoint_dir / item.filename).is_file()]
+        for item in lost:  # killed while replacing it: the next validation saves a best again
+            logger.warning("resume: best checkpoint %s is missing; the next validation saves a new one",
+                           item.filename)
+            saved.remove(item)
+        if self.latest_saver is not None:  # rotate the checkpoints already on disk out as new ones are written
+            from medpipe.engine.resume import checkpoint_epochs
+
+            self.latest_saver._saved = [Checkpoint.Item(e, p.name) for e, p in checkpoint_epochs(self.checkpoint_dir)]
+        keep = {Path(item.filename).name for item in saved}
         for stale in self.checkpoint_dir.glob("best_*.pt"):
             if stale.name not in keep:
                 logger.info("resume: removing %s, written after the checkpoint being resumed", stale.name)
@@ -339,12 +350,15 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
                                  trainer=trainer, epoch_level=True)
         early.attach(evaluator)
         state["early_stop"] = early._handler  # ignite EarlyStopping: counter and best score
+    # n_saved=2: ignite deletes the oldest file before writing the new one, so with 2 the previous epoch's
+    # checkpoint is still complete on disk while the next one is written
     latest = Checkpoint(state, DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
-                        filename_prefix=LATEST_PREFIX, n_saved=1,
+                        filename_prefix=LATEST_PREFIX, n_saved=2,
                         global_step_transform=lambda engine, _: engine.state.epoch)
     _attach_latest_checkpoint(trainer, latest)
     if tc.progress and rank == 0:
         from ignite.handlers import ProgressBar
 
         ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
-    return Engines(trainer, evaluator, net, optimizer, scheduler, checkpoint_dir, device, history, state, best)
+    return Engines(trainer, evaluator, net, optimizer, scheduler, checkpoint_dir, device, history, state, best,
+                   latest)
