@@ -321,7 +321,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
     dist = init_distributed(cfg.train.device)
     try:
         if not dist.is_main:  # one voice: rank 0 logs, the others warn
-            logging.getLogger("medpipe").setLevel(logging.WARNING)
+            for name in ("medpipe", "ignite", "monai"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         if resume is not None:
             out_dir = resume.output_dir
         elif dist.is_main:

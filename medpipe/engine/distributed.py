@@ -78,7 +78,12 @@ class DistContext:
     def close(self) -> None:
         """Leave the process group (all ranks must call it); afterwards this process works alone."""
         if self.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            import ignite.distributed as idist
+
+            idist.sync()  # ignite (used by MONAI's metrics) caches the group: reset it to one process too
+            idist.finalize()
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
         self.world_size, self.backend = 1, ""
 
 
