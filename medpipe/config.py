@@ -133,6 +133,13 @@ class DataConfig(_Model):
     cache_rate: float = Field(1.0, ge=0, le=1, description="fraction of cases cached in memory (cache: memory)")
     cache_dir: Optional[str] = Field(None, description="folder for cache: disk (default <output_dir>/cache)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    loader: Literal["dataloader", "thread"] = Field(
+        "dataloader", description="monai.data.DataLoader, or ThreadDataLoader (batches prepared in a background "
+        "thread while the network computes; see docs/performance.md)")
+    cache_on_device: bool = Field(
+        False, description="cache: memory: keep the cached tensors on the training device (ToDeviced before the "
+        "first random transform), so random transforms run on the GPU; needs num_workers: 0 (use loader: thread); "
+        "a no-op on CPU")
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="an unreadable image or an image/label size mismatch: stop, or report and skip it"
     )
@@ -166,6 +173,10 @@ class DataConfig(_Model):
             raise ValueError("give `images` (a glob) or `list_file` (CSV/JSON)")
         if self.list_file is not None and (self.images is not None or self.labels is not None):
             raise ValueError("give either `list_file` or `images`/`labels` globs, not both")
+        if self.cache_on_device and (self.cache != "memory" or self.num_workers):
+            raise ValueError("cache_on_device needs cache: memory and num_workers: 0 (tensors on a GPU cannot be "
+                             f"shared with worker processes); found cache: {self.cache}, num_workers: "
+                             f"{self.num_workers}")
         return self
 
 
@@ -425,7 +436,8 @@ class TrainConfig(_Model):
     channels_last: bool = Field(False, description="network weights and input batches in channels-last memory "
                                 "format (NHWC / NDHWC), faster convolutions on tensor-core GPUs")
     compile: bool = Field(False, description="torch.compile the training network (MONAI SupervisedTrainer "
-                          "compile=True); the first epoch pays the compilation time")
+                          "compile=True, static shapes); the first epoch pays the compilation time. Not with "
+                          "channels_last for basic_unet (torch 2.13 inductor fails on its padding backward)")
     seed: int = 0
     deterministic: bool = Field(True, description="monai.utils.set_determinism(seed) and deterministic kernels")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
@@ -702,11 +714,17 @@ class PipelineConfig(_Model):
         elif len(self.infer.roi_size) != self.net.spatial_dims:
             problems.append((("infer", "roi_size"), f"has {len(self.infer.roi_size)} values but net.spatial_dims "
                              f"is {self.net.spatial_dims}"))
-        for key in ("split_column", "group_column", "class_from", "classes"):
+        for key in ("group_column", "class_from", "classes"):
             if getattr(self.data, key) is not None:
                 problems.append((("data", key), "is a classification setting; task is segmentation"))
+        if self.data.split_column is not None and self.data.list_file is None:
+            problems.append((("data", "split_column"), "a column needs data.list_file (a CSV or JSON list)"))
         if self.data.sampler != "none":
             problems.append((("data", "sampler"), "weighted sampling is for classification only"))
+        if self.train.compile and self.train.channels_last and self.net.name == "basic_unet":
+            problems.append((("train", "compile"), "torch.compile of basic_unet in channels_last fails in torch "
+                             "2.13 (inductor mispredicts the strides of replication-pad backward); use one of "
+                             "compile or channels_last"))
         if self.train.freeze_backbone_epochs:
             problems.append((("train", "freeze_backbone_epochs"), "is for classifiers with a pretrained "
                              "backbone; task is segmentation"))

@@ -357,6 +357,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
             val_tf = build_transforms(cfg.transforms.val, "transforms.val")
             infer_tf = build_transforms(cfg.infer_transforms(), "transforms.infer") if cfg.task == "segmentation" \
                 else None
+            if cfg.data.cache_on_device:
+                from medpipe.data.transforms import cache_on_device
+
+                train_tf, val_tf = cache_on_device(train_tf, dist.device), cache_on_device(val_tf, dist.device)
             cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
             progress = cfg.train.progress and dist.is_main
             # under torchrun each rank caches and trains on its own share of the cases
@@ -366,11 +370,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
             val_ds = build_dataset(val_cases, val_tf, cfg.data, cache_dir / "val", progress)
             if cfg.task == "segmentation":
                 train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers,
-                                            cfg.train.seed)
+                                            cfg.train.seed, loader=cfg.data.loader)
             else:  # a last batch of one sample would break batch norm
                 weights = data.sample_weights if not dist.distributed else _partition_weights(cfg, data, train_cases)
                 train_loader = build_loader(train_ds, cfg.train.batch_size, True, cfg.data.num_workers,
-                                            cfg.train.seed, sample_weights=weights,
+                                            cfg.train.seed, sample_weights=weights, loader=cfg.data.loader,
                                             drop_last=len(train_cases) > cfg.train.batch_size)
             val_loader = build_loader(val_ds, cfg.train.val_batch_size, False, cfg.data.num_workers, cfg.train.seed)
 

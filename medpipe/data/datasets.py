@@ -383,8 +383,10 @@ def build_dataset(cases: Sequence[Dict], transform, data_cfg, cache_dir: Optiona
 
 
 def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0,
-                 sample_weights: Optional[Sequence[float]] = None, drop_last: bool = False):
-    """``monai.data.DataLoader`` (seeded worker RNG, MONAI collation of meta-tensors).
+                 sample_weights: Optional[Sequence[float]] = None, drop_last: bool = False,
+                 loader: str = "dataloader"):
+    """``monai.data.DataLoader`` or ``monai.data.ThreadDataLoader`` (seeded worker RNG, MONAI collation of
+    meta-tensors).
 
     Args:
         dataset: a MONAI/torch dataset.
@@ -396,6 +398,10 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0, 
             these probabilities (``torch.utils.data.WeightedRandomSampler``), e.g. from
             :func:`inverse_frequency_weights`.
         drop_last: drop a last incomplete batch (a batch of one breaks batch norm in training).
+        loader: ``dataloader`` (``monai.data.DataLoader``) or ``thread`` (``monai.data.ThreadDataLoader``: batches
+            are prepared in a background thread while the network computes; with ``num_workers`` 0 the thread
+            runs the random transforms itself; MONAI's choice with ``CacheDataset`` and for tensors cached on the
+            GPU).
     """
     import torch
     import monai.data as md
@@ -410,8 +416,9 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0, 
         shuffle = False
     # workers are re-created every epoch (not persistent) so that re-seeding the generator at an epoch's start
     # (medpipe.engine.resume.EpochReseed) also re-seeds their random transforms
-    return md.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                         num_workers=num_workers, generator=gen, persistent_workers=False, drop_last=drop_last)
+    cls = md.ThreadDataLoader if loader == "thread" else md.DataLoader
+    return cls(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+               generator=gen, persistent_workers=False, drop_last=drop_last)
 
 
 # ------------------------------------------------------------------------------------------- classification

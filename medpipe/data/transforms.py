@@ -13,7 +13,7 @@ from monai.transforms import MapTransform, Transform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_transforms", "CUSTOM_TRANSFORMS", "ToGrayscale", "ToGrayscaled"]
+__all__ = ["build_transforms", "cache_on_device", "CUSTOM_TRANSFORMS", "ToGrayscale", "ToGrayscaled"]
 
 
 class ToGrayscale(Transform):
@@ -90,3 +90,28 @@ def build_transforms(specs: Sequence, where: str = "transforms"):
         except Exception as exc:  # MONAI raises ValueError/TypeError/etc. with its own text
             raise ValueError(f"{where}[{i}] {spec.name}: {type(exc).__name__}: {exc}") from exc
     return mt.Compose(built)
+
+
+def cache_on_device(chain, device):
+    """``chain`` with ``monai.transforms.ToDeviced`` inserted before its first random transform (at the end when
+    it has none), so that ``CacheDataset``, which caches the deterministic prefix, holds the cached tensors on
+    ``device`` and the random transforms after it run there too (MONAI's fast-training recipe: CacheDataset +
+    ToDeviced + ThreadDataLoader, ``num_workers`` 0).
+
+    Args:
+        chain: a ``monai.transforms.Compose`` from :func:`build_transforms`.
+        device: ``torch.device``; the keys moved are those of the chain's first transform (the loaded images, e.g.
+            ``image`` and ``label``).
+
+    Returns:
+        A new ``Compose`` (the input is unchanged).
+    """
+    from monai.transforms import Compose, Randomizable, ToDeviced
+
+    items = list(chain.transforms)
+    if not items or not hasattr(items[0], "keys"):
+        raise ValueError("data.cache_on_device: the transform chain must start with a dictionary transform "
+                         "naming the image keys (e.g. LoadImaged)")
+    at = next((i for i, t in enumerate(items) if isinstance(t, Randomizable)), len(items))
+    items.insert(at, ToDeviced(keys=list(items[0].keys), device=device))
+    return Compose(items)

@@ -132,14 +132,17 @@ class Engines:
 def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False, dist=None) -> None:
     """Per-epoch training statistics into ``trainer.state.metrics``: ``train_loss``, the mean training loss
     (sample-weighted), ``train_samples``, the number of training samples seen (random crops count one each),
-    ``lr``, and with ``accuracy`` (classification) ``train_accuracy``, the fraction of training samples whose
+    ``epoch_seconds`` (wall time of the epoch's training steps, data loading included, validation excluded; rank
+    0's clock), ``train_samples_per_second``, ``lr``, and with ``accuracy`` (classification) ``train_accuracy``, the fraction of training samples whose
     argmax logit is their label (measured on the augmented batches, while the weights change). Under
     distributed training (``dist``) sums are taken over all ranks, so the numbers describe the whole epoch."""
-    acc = {"sum": 0.0, "n": 0, "correct": 0, "seen": 0}
+    import time
+
+    acc = {"sum": 0.0, "n": 0, "correct": 0, "seen": 0, "t0": 0.0}
 
     @trainer.on(Events.EPOCH_STARTED)
     def _reset(_):
-        acc.update(sum=0.0, n=0, correct=0, seen=0)
+        acc.update(sum=0.0, n=0, correct=0, seen=0, t0=time.perf_counter())
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _add(engine):
@@ -164,6 +167,9 @@ def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False, dist=
             total, n, correct, seen = dist.all_reduce_sum([total, n, correct, seen])
         engine.state.metrics["train_loss"] = total / max(n, 1)
         engine.state.metrics["train_samples"] = float(n)
+        seconds = time.perf_counter() - acc["t0"]
+        engine.state.metrics["epoch_seconds"] = seconds
+        engine.state.metrics["train_samples_per_second"] = n / max(seconds, 1e-9)
         engine.state.metrics["lr"] = engine.optimizer.param_groups[0]["lr"]
         if accuracy:
             engine.state.metrics["train_accuracy"] = correct / max(seen, 1)
@@ -222,15 +228,21 @@ def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, han
     )
 
 
-def _channels_last_batch(memory_format: torch.memory_format):
-    """A ``prepare_batch`` for MONAI engines that moves ``image`` to the device in ``memory_format`` (e.g.
-    ``torch.channels_last`` for ``(B, C, H, W)``) and ``label`` as it is (a class-index vector has no channel
-    layout)."""
+def _prepare_batch(memory_format: Optional[torch.memory_format] = None, plain: bool = False):
+    """A ``prepare_batch`` for MONAI engines: MONAI's, then ``image`` in ``memory_format`` (e.g.
+    ``torch.channels_last`` for ``(B, C, H, W)``; ``label`` keeps its layout, a class-index vector has none) and,
+    with ``plain``, both as plain ``torch.Tensor`` instead of ``MetaTensor`` (what ``torch.compile`` traces
+    without graph breaks)."""
     from monai.engines.utils import default_prepare_batch
 
     def prepare(batchdata, device=None, non_blocking=False, **kwargs):
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-        return image.contiguous(memory_format=memory_format), label
+        if plain:
+            image = image.as_tensor() if hasattr(image, "as_tensor") else image
+            label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        if memory_format is not None:
+            image = image.contiguous(memory_format=memory_format)
+        return image, label
 
     return prepare
 
@@ -267,7 +279,7 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
 
     GPU options (``train``): ``amp`` with ``amp_dtype`` (``torch.autocast`` on CUDA; float32 elsewhere),
     ``channels_last`` (network and input batches in NHWC / NDHWC memory format), ``compile`` (``torch.compile``
-    of the training network through MONAI's ``SupervisedTrainer(compile=True)``).
+    of the training network, static shapes, fed plain tensors; validation runs the network uncompiled).
 
     With ``train.freeze_backbone_epochs`` N > 0 the backbone is frozen for the first N epochs
     (:func:`medpipe.engine.transfer.attach_freeze_schedule`); the optimizer covers all parameters throughout.
@@ -290,14 +302,29 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
     engine_kwargs: dict = {}
     if amp:
         engine_kwargs["amp_kwargs"] = {"dtype": getattr(torch, tc.amp_dtype)}
+    fmt = None
     if tc.channels_last:
         fmt = torch.channels_last if cfg.net.spatial_dims == 2 else torch.channels_last_3d
         net = net.to(memory_format=fmt)
-        engine_kwargs["prepare_batch"] = _channels_last_batch(fmt)
+        engine_kwargs["prepare_batch"] = _prepare_batch(fmt)
+    if tc.compile:
+        import torch._inductor.config as inductor_config
+
+        # inductor's layout optimisation turns conv activations channels-last, and the backward of replication
+        # padding (BasicUNet's UpCat) then returns strides its meta kernel does not predict (torch 2.13: an
+        # assertion in the compiled graph); keep the layouts inductor is given
+        inductor_config.layout_optimization = False
     train_net: torch.nn.Module = net
     if dist is not None and dist.distributed:
         train_net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
+    train_kwargs = dict(engine_kwargs)
+    if tc.compile:
+        # compiled here rather than with SupervisedTrainer(compile=True): MONAI 1.6.1 rebuilds MetaTensors from the
+        # collated batch metadata after the step and fails on `original_channel_dim: no_channel`; plain tensors in
+        # (static shapes: automatic dynamic shapes mark the channel axis of blocks reused at several widths)
+        train_net = torch.compile(train_net, dynamic=False)
+        train_kwargs["prepare_batch"] = _prepare_batch(fmt, plain=True)
     optimizer = build_optimizer(cfg.optimizer, net.parameters())
     scheduler = build_scheduler(cfg.scheduler, optimizer, tc.max_epochs)
     loss = build_loss(cfg.loss, class_weights).to(device)
@@ -312,7 +339,7 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
                                 prepare_batch=engine_kwargs.get("prepare_batch"))
     trainer = SupervisedTrainer(
         device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=train_net,
-        optimizer=optimizer, loss_function=loss, amp=amp, compile=tc.compile, **engine_kwargs,
+        optimizer=optimizer, loss_function=loss, amp=amp, **train_kwargs,
     )
     EpochReseed(train_loader, tc.seed, rank).attach(trainer)
     # first, so that every later handler sees this epoch's loss and lr
