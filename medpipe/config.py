@@ -52,8 +52,12 @@ class SplitConfig(_Model):
     validation fold), tracked as one MLflow parent run with a child run per fold, and reports the mean and
     standard deviation over folds of every final metric (:mod:`medpipe.cv`). ``fold: k`` trains fold k only.
 
-    Classification adds: predefined splits from ``data.split_column`` (rows mapped by ``column_values``; a
-    predefined val split replaces ``val_fraction``/``kfold``), an optional ``test_fraction`` held out first when
+    Predefined splits (both tasks): a list file's ``data.split_column`` names each row's split, mapped by
+    ``column_values`` (``drop`` leaves the rows out; an unmapped value is an error naming file, line and value); a
+    predefined val split replaces ``val``/``val_fraction``/``kfold`` (a warning says so) and cannot be
+    cross-validated. Segmentation rows of a predefined test split are never trained or validated on.
+
+    Classification adds: an optional ``test_fraction`` held out first when
     there is no predefined test split, stratification by class (``stratify``) and grouping by
     ``data.group_column`` (no patient in two splits), with scikit-learn's ``StratifiedShuffleSplit``,
     ``StratifiedKFold`` and ``StratifiedGroupKFold`` seeded by ``seed``. A grouped ``val_fraction`` f is
@@ -72,7 +76,7 @@ class SplitConfig(_Model):
     stratify: bool = Field(True, description="classification: keep the class ratios in every split")
     column_values: Dict[str, Literal["train", "val", "test", "drop"]] = Field(
         {"train": "train", "val": "val", "test": "test"},
-        description="classification: data.split_column value -> split (drop: leave the rows out)")
+        description="data.split_column value -> split (drop: leave the rows out)")
     test_groups: Optional[List[str]] = Field(
         None, min_length=1, description="classification with data.group_column: these groups (patient ids) "
         "make the test split, all their rows whatever their split_column value (e.g. the patient of a "
@@ -148,8 +152,8 @@ class DataConfig(_Model):
     image_column: str = Field("image", description="list_file column (JSON key) holding the image path")
     label_column: str = Field("label", description="list_file column holding the label (a mask path for "
                               "segmentation, a class name for classification)")
-    split_column: Optional[str] = Field(None, description="classification: list_file column naming each row's "
-                                        "predefined split (train / val / test; see split.column_values)")
+    split_column: Optional[str] = Field(None, description="list_file column naming each row's predefined split "
+                                        "(train / val / test; see split.column_values); both tasks")
     group_column: Optional[str] = Field(None, description="classification: list_file column with a patient / "
                                         "group id; no group is ever in two splits")
     class_from: Optional[Literal["folder"]] = Field(None, description="classification with `images`: the class "
@@ -308,6 +312,9 @@ class BasicUNetNet(_Model):
     bias: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
     upsample: Literal["deconv", "pixelshuffle", "nontrainable"] = "deconv"
+    init: Literal["default", "xavier_uniform", "kaiming_normal"] = Field(
+        "default", description="weight initialisation (medpipe.nets.init); default: MONAI's (torch's Kaiming-uniform "
+        "convolutions)")
 
 
 class _ClassifierNet(_Model):
@@ -448,10 +455,12 @@ class TrainConfig(_Model):
                                         "for the first N epochs, then all layers (classification)")
 
 
-SegMetric = Literal["dice", "pixel_accuracy", "v_rand", "v_info"]
+SegMetric = Literal["dice", "pixel_accuracy", "v_rand", "v_info", "hd95"]
 ClsMetric = Literal["accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "precision", "f1"]
 SEGMENTATION_METRICS: Tuple[str, ...] = typing.get_args(SegMetric)
 CLASSIFICATION_METRICS: Tuple[str, ...] = typing.get_args(ClsMetric)
+#: metrics where lower is better (distances); they are reported but cannot be ``key_metric``
+LOWER_IS_BETTER_METRICS: Tuple[str, ...] = ("hd95",)
 
 
 class MetricsConfig(_Model):
@@ -459,7 +468,13 @@ class MetricsConfig(_Model):
 
     Segmentation (default ``[dice, pixel_accuracy]``, key ``dice``): ``dice``: MONAI ``DiceMetric`` over the
     foreground classes; ``pixel_accuracy``; ``v_rand`` and ``v_info``: the ISBI-2012 foreground-restricted Rand and
-    information-theoretic scores (Arganda-Carreras et al. 2015).
+    information-theoretic scores (Arganda-Carreras et al. 2015); ``hd95``: the 95th-percentile symmetric Hausdorff
+    distance between predicted and true foreground boundaries (MONAI ``HausdorffDistanceMetric``, percentile 95,
+    foreground classes, mean over images), in **pixels** (no spacing is applied); lower is better, so it cannot be
+    ``key_metric``. An image whose prediction or ground truth is empty (but not both) scores the image diagonal
+    (the largest possible distance; MONAI would give NaN, silently dropped from its mean); both empty scores NaN and
+    is left out of the mean; either case is logged
+    (:class:`medpipe.engine.metric_handlers.HD95Metric`).
 
     Classification (default all seven; key ``auc`` for two classes, threshold-free and insensitive to class
     imbalance, else ``balanced_accuracy``, the mean recall of Brodersen et al. 2010): ``accuracy``,
@@ -477,6 +492,15 @@ class MetricsConfig(_Model):
         0.5, description="classification, two classes: final operating threshold on P(class 1): a probability, "
         "or youden = maximise sensitivity + specificity - 1 on the validation split (Youden 1950), then applied "
         "unchanged to the test split. Per-epoch validation metrics always use 0.5")
+
+    @field_validator("key_metric")
+    @classmethod
+    def _key_higher_is_better(cls, v: Optional[str]) -> Optional[str]:
+        if v in LOWER_IS_BETTER_METRICS:
+            raise ValueError(f"{v!r} is lower-is-better (a distance in pixels), but key_metric selects the "
+                             "checkpoint with the highest value; use a higher-is-better metric such as dice and keep "
+                             f"{v} in metrics.names")
+        return v
 
     @model_validator(mode="after")
     def _key_in_names(self) -> "MetricsConfig":
@@ -678,6 +702,9 @@ class PipelineConfig(_Model):
         if key is not None and key not in allowed:
             problems.append((("metrics", "key_metric"), f"{key!r} is not a {self.task} metric; allowed: "
                              f"{', '.join(allowed)}"))
+        if key is None and names and all(m in LOWER_IS_BETTER_METRICS for m in names):
+            problems.append((("metrics", "names"), f"{names} has no higher-is-better metric to select the best "
+                             "checkpoint (key_metric); add one, e.g. dice"))
         if self.metrics.threshold != 0.5 and (self.task != "classification" or self.num_classes != 2):
             problems.append((("metrics", "threshold"), "an operating threshold applies to two-class "
                              "classification only (more classes: argmax)"))
@@ -695,7 +722,8 @@ class PipelineConfig(_Model):
         if self.task == "segmentation":
             self.loss.name = self.loss.name or "dice_ce"
             self.metrics.names = names or ["dice", "pixel_accuracy"]
-            self.metrics.key_metric = key or ("dice" if "dice" in self.metrics.names else self.metrics.names[0])
+            self.metrics.key_metric = key or ("dice" if "dice" in self.metrics.names else next(
+                m for m in self.metrics.names if m not in LOWER_IS_BETTER_METRICS))
         else:
             self.loss.name = self.loss.name or "cross_entropy"
             self.metrics.names = names or list(CLASSIFICATION_METRICS)

@@ -42,13 +42,25 @@ def plot_history(history: Dict[str, List], path: Path, title: str = "") -> Path:
     ax1.grid(alpha=0.3)
     va = history.get("val", [])
     names = [k for k in (va[0] if va else {}) if k != "epoch"]
+    from medpipe.config import LOWER_IS_BETTER_METRICS
+
+    distances = [k for k in names if k in LOWER_IS_BETTER_METRICS]  # pixels: own axis, not squashing the scores
     for k in names:
-        ax2.plot([r["epoch"] for r in va], [r[k] for r in va], "o-", label=k)
+        if k not in distances:
+            ax2.plot([r["epoch"] for r in va], [r[k] for r in va], "o-", label=k)
     ax2.set_xlabel("epoch")
     ax2.set_title("validation")
     ax2.grid(alpha=0.3)
-    if names:
-        ax2.legend()
+    handles, labels = ax2.get_legend_handles_labels()
+    if distances:
+        ax3 = ax2.twinx()
+        for k in distances:
+            ax3.plot([r["epoch"] for r in va], [r[k] for r in va], "s--", color="tab:gray", label=f"{k} (px)")
+        ax3.set_ylabel("distance (pixels)")
+        h3, l3 = ax3.get_legend_handles_labels()
+        handles, labels = handles + h3, labels + l3
+    if handles:
+        ax2.legend(handles, labels)
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)

@@ -125,10 +125,11 @@ def _prepare_data(cfg: PipelineConfig,
 
     cases, classes, problems = discovered if discovered is not None else _discover(cfg)
     if cfg.task == "segmentation":
-        train, val = D.split_cases(cases, cfg.data.split)
-        test: List[Dict] = []
+        # a list file's predefined test rows are predicted (infer.splits), never trained or validated on
+        train, val, test = D.split_segmentation_cases(cases, cfg.data.split)
         if cfg.data.test_images:
-            test = [{"image": f} for f in D.discover_images(D.resolve_root(cfg.data.root), cfg.data.test_images)]
+            test = test + [{"image": f} for f in D.discover_images(D.resolve_root(cfg.data.root),
+                                                                   cfg.data.test_images)]
         return _Data(cases, train, val, test, problems)
     train, val, test = D.split_classification_cases(cases, cfg.data.split)
     data = _Data(cases, train, val, test, problems, classes)

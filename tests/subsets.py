@@ -3,7 +3,7 @@
 import csv
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 
 def read_rows(path: Path) -> List[Dict[str, str]]:
@@ -19,13 +19,15 @@ def first_rows(rows: Iterable[Dict[str, str]], n: int, sort_by: Optional[str] = 
     return (sorted(hits, key=lambda r: r[sort_by]) if sort_by else hits)[:n]
 
 
-def link_subset(src: Path, rows: List[Dict[str, str]], path_column: str, root: Path, csv_name: str,
-                extra: Iterable[Dict[str, str]] = ()) -> Path:
-    """A data root ``root`` holding symlinks to the files of ``rows`` (column ``path_column``, relative to ``src``)
-    and ``csv_name`` listing ``rows`` and then ``extra`` (rows whose files the caller writes itself)."""
+def link_subset(src: Path, rows: List[Dict[str, str]], path_column: Union[str, Sequence[str]], root: Path,
+                csv_name: str, extra: Iterable[Dict[str, str]] = ()) -> Path:
+    """A data root ``root`` holding symlinks to the files of ``rows`` (column ``path_column``, or each of several
+    columns, e.g. image and mask; relative to ``src``) and ``csv_name`` listing ``rows`` and then ``extra`` (rows
+    whose files the caller writes itself)."""
     for r in rows:
-        (root / r[path_column]).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(src / r[path_column], root / r[path_column])
+        for col in [path_column] if isinstance(path_column, str) else path_column:
+            (root / r[col]).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src / r[col], root / r[col])
     root.mkdir(parents=True, exist_ok=True)
     with open(root / csv_name, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -1,7 +1,9 @@
-"""The shipped classification pipelines run as written, on a few real images each.
+"""The shipped classification pipelines, and the lung segmentation pipeline, run as written, on a few real images
+each.
 
-Each test loads ``pipelines/<name>.yaml`` itself and overrides only what makes the run small: a list file with a
-handful of the dataset's real rows, one epoch, the MLflow store. Networks, transforms, losses, optimizers, splits
+Each test loads ``pipelines/<name>.yaml`` itself and overrides only what makes the run small: a list file (or, for
+``covid_lung_seg``, a symlinked data root from :mod:`tests.subsets`) with a handful of the dataset's real rows, one
+epoch, the MLflow store. Networks, transforms, losses, optimizers, splits
 and metrics are the pipeline's own. The COVID pipeline's training options (z-score normalisation, Xavier
 initialisation, AdamW, gradient clipping, augmentation) are each checked on real images.
 """
@@ -69,6 +71,30 @@ def test_shipped_pipeline_runs_and_tracks(name, datasets, tmp_path):
     assert cfg.report.anchor and cfg.report.anchor[:40] in report
     for plot in ("roc.png", "confusion_test.png", "learning_curves.png"):
         assert (result.output_dir / "plots" / plot).stat().st_size > 0, plot
+
+
+def test_shipped_lung_segmentation_pipeline_runs_and_tracks(datasets, tmp_path):
+    """``covid_lung_seg``: 3 train and 1 val image of the dataset's own split (data.split_column), one epoch."""
+    from medpipe.run import run_pipeline
+    from tests.subsets import first_rows, link_subset, read_rows
+
+    src = datasets / "covid_qu_ex"
+    rows = read_rows(src / "labels.csv")
+    picked = [*(first_rows(rows, 1, split="train", label=c)[0] for c in ("COVID-19", "Non-COVID", "Normal")),
+              *first_rows(rows, 1, split="val", label="Normal")]
+    root = link_subset(src, picked, ["image", "lung_mask"], tmp_path / "covid_qu_ex", "labels.csv")
+    cfg = load_config(ROOT / "pipelines" / "covid_lung_seg.yaml", [
+        f"data.root={root}", f"output_dir={tmp_path / 'artifacts'}", "train.max_epochs=1", "train.progress=false",
+        "train.device=cpu", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path / 'mlruns'}"])
+    result = run_pipeline(cfg)
+
+    run = MlflowClient(cfg.tracking.tracking_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["net.name"] == "basic_unet"
+    assert run.data.tags["dataset.n_train"] == "3" and run.data.tags["dataset.n_val"] == "1"
+    assert 0.0 <= run.data.metrics["best_val_dice"] <= 1.0
+    assert 0.0 <= run.data.metrics["best_val_hd95"] <= np.hypot(255, 255) + 1e-3  # pixels
+    assert (result.output_dir / "plots" / "val_overlays.png").stat().st_size > 0
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 A *case* is a dict, the input format of MONAI dictionary transforms and datasets:
 
-* segmentation: ``{"image": path, "label": path}`` (``label`` absent for unlabelled images);
+* segmentation: ``{"image": path, "label": path}`` (``label`` absent for unlabelled images), plus ``"split"``
+  (``train``/``val``/``test``) when a list file's ``data.split_column`` defines splits;
 * classification: ``{"image": path, "label": int class index}``, plus ``"group"`` (patient id, str) when
   ``data.group_column`` is set and ``"split"`` (``train``/``val``/``test``) when the data defines splits.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "discover_cases",
     "discover_images",
     "split_cases",
+    "split_segmentation_cases",
     "verify_cases",
     "image_shape",
     "manifest_hash",
@@ -110,18 +112,23 @@ def discover_cases(data_cfg) -> List[Dict[str, str]]:
     """Labelled cases from ``data.images``/``data.labels`` globs or ``data.list_file``.
 
     Images and labels are paired by their path below the glob's fixed prefix, extension removed
-    (``train/image/3.png`` <-> ``train/label/3.png``).
+    (``train/image/3.png`` <-> ``train/label/3.png``). A list file names them in ``data.image_column`` and
+    ``data.label_column``; with ``data.split_column`` each row's predefined split is read from that column and
+    mapped through ``data.split.column_values`` exactly as for classification (rows mapped to ``drop`` are
+    left out; :func:`split_segmentation_cases` then honours the splits).
 
     Returns:
-        Cases ``{"image": abs path, "label": abs path}`` sorted by image path.
+        Cases ``{"image": abs path, "label": abs path[, "split": "train" | "val" | "test"]}`` sorted by image path.
 
     Raises:
         DataError: an image without a label or a label without an image (names them), an unreadable or
-            malformed list file, or no matches.
+            malformed list file, a missing column, a split value not in ``data.split.column_values`` or a train /
+            val row without a label (these name the file, line and value), or no matches.
     """
     root = resolve_root(data_cfg.root)
     if data_cfg.list_file is not None:
-        return _read_list_file(root, data_cfg.list_file, data_cfg.image_column, data_cfg.label_column)
+        return _read_list_file(root, data_cfg.list_file, data_cfg.image_column, data_cfg.label_column,
+                               getattr(data_cfg, "split_column", None), data_cfg.split.column_values)
     images = discover_images(root, data_cfg.images)
     if data_cfg.labels is None:
         return [{"image": f} for f in images]
@@ -144,20 +151,21 @@ def discover_cases(data_cfg) -> List[Dict[str, str]]:
     return [{"image": img_by_key[k], "label": lab_by_key[k]} for k in sorted(img_by_key, key=img_by_key.get)]
 
 
-def _read_list_file(root: Path, list_file: str, image_column: str = "image",
-                    label_column: str = "label") -> List[Dict[str, str]]:
+def _read_list_file(root: Path, list_file: str, image_column: str = "image", label_column: str = "label",
+                    split_column: Optional[str] = None,
+                    column_values: Optional[Dict[str, str]] = None) -> List[Dict[str, str]]:
     """Image/label-mask pairs from a CSV (``image_column``, ``label_column``) or a JSON list of objects with those
-    keys; paths relative to ``root``. A row with an empty label is an unlabelled case."""
+    keys; paths relative to ``root``. A row with an empty label is an unlabelled case. With ``split_column``, each
+    row's split is ``column_values[value]`` (:func:`_row_split`, shared with classification); rows mapped to
+    ``drop`` are left out, and a ``train`` or ``val`` row must have a label."""
     path = Path(list_file) if os.path.isabs(list_file) else root / list_file
     if not path.is_file():
         raise DataError(f"data.list_file {path} not found")
-    if path.suffix.lower() == ".json":
-        rows = json.loads(path.read_text())
-    else:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    numbered, columns = _read_rows(path)
+    if split_column is not None:
+        _check_columns(path, columns, {"split_column": split_column})
     cases = []
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(numbered):
         if not isinstance(row, dict) or image_column not in row:
             raise DataError(f"{path}: row {i + 1} has no {image_column!r} column/key (data.image_column; found "
                             f"{sorted(row) if isinstance(row, dict) else row!r})")
@@ -167,14 +175,25 @@ def _read_list_file(root: Path, list_file: str, image_column: str = "image",
         case = {"image": str(root / row[image_column])}
         if row.get(label_column) not in (None, ""):
             case["label"] = str(root / row[label_column])
+        if split_column is not None:
+            where = f"{path}, line {line}"
+            split = _row_split(row, split_column, column_values or {}, where, row[image_column])
+            if split == "drop":
+                continue
+            if split in ("train", "val") and "label" not in case:
+                raise DataError(f"{where}: image {row[image_column]} is in the {split} split ({split_column} "
+                                f"{row.get(split_column)!r}) but has an empty {label_column!r} (data.label_column): "
+                                "training and validation cases need a mask")
+            case["split"] = split
         cases.append(case)
     if not cases:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{path}: no rows" + (" (all dropped by data.split.column_values)" if numbered else ""))
     return sorted(cases, key=lambda c: c["image"])
 
 
 def split_cases(cases: Sequence[Dict[str, str]], split_cfg) -> Tuple[List[Dict], List[Dict]]:
-    """Deterministic train/validation split.
+    """Deterministic train/validation split of segmentation cases (:func:`split_segmentation_cases` without its
+    test split: cases of a predefined test split are held out of both, with a warning).
 
     Args:
         cases: labelled cases (any order; they are sorted by image path first).
@@ -184,9 +203,70 @@ def split_cases(cases: Sequence[Dict[str, str]], split_cfg) -> Tuple[List[Dict],
         ``(train, val)`` lists of cases.
 
     Raises:
-        DataError: an explicit validation file is not among the cases, or a split leaves a side empty.
+        DataError: see :func:`split_segmentation_cases`.
+    """
+    train, val, test = split_segmentation_cases(cases, split_cfg)
+    if test:
+        logger.warning("%d cases of the data's predefined test split (data.split_column) are held out: neither "
+                       "trained nor validated on", len(test))
+    return train, val
+
+
+def split_segmentation_cases(cases: Sequence[Dict[str, str]], split_cfg
+                             ) -> Tuple[List[Dict], List[Dict], List[Dict]]:
+    """Deterministic train / validation / test split of segmentation cases.
+
+    Cases carrying a predefined ``split`` (a list file's ``data.split_column``, mapped by
+    ``data.split.column_values``; see :func:`discover_cases`) go to that split, as for classification
+    (:func:`split_classification_cases` shares the code). A predefined validation split replaces ``val`` /
+    ``val_fraction`` / ``kfold`` (a warning names the unused setting); without one, the validation split of the
+    training pool comes from ``val`` (file names), ``kfold``/``fold`` or ``val_fraction``, shuffled with
+    ``numpy.random.default_rng(seed)`` after sorting by image path (so the input order does not matter).
+
+    Args:
+        cases: segmentation cases ``{"image", "label"[, "split"]}`` from :func:`discover_cases`.
+        split_cfg: :class:`medpipe.config.SplitConfig`.
+
+    Returns:
+        ``(train, val, test)`` case lists sorted by image path; ``test`` is the predefined test split (empty if
+        the data has none; unlabelled ``data.test_images`` are not among the cases).
+
+    Raises:
+        DataError: an explicit validation file is not among the cases, ``kfold`` has more folds than cases or no
+            ``fold``, or a split leaves training or validation empty.
     """
     cases = sorted(cases, key=lambda c: c["image"])
+    pool, val, test = _predefined_partition(cases)
+    if val:
+        _warn_unused_split_settings(val, split_cfg)
+        if not pool:
+            raise DataError(f"split of {len(cases)} cases leaves 0 for training and {len(val)} for validation "
+                            "(data.split_column marks no row as train)")
+        return pool, val, test
+    train, val = _split_pool(pool, split_cfg)
+    return train, val, test
+
+
+def _predefined_partition(cases: Sequence[Dict], test_groups=frozenset()) -> Tuple[List[Dict], List[Dict], List[Dict]]:
+    """``(pool, val, test)`` by each case's predefined ``split`` (``train`` when it has none); cases of a group in
+    ``test_groups`` go to test whatever their split. Both tasks use it."""
+    pre: Dict[str, List[Dict]] = {"train": [], "val": [], "test": []}
+    for c in cases:
+        pre["test" if c.get("group") in test_groups else c.get("split", "train")].append(c)
+    return pre["train"], pre["val"], pre["test"]
+
+
+def _warn_unused_split_settings(val: Sequence[Dict], split_cfg) -> None:
+    """Log that a predefined validation split makes the user's ``val`` / ``val_fraction`` / ``kfold`` unused."""
+    explicit = {"val", "val_fraction", "kfold"} & set(split_cfg.model_fields_set)
+    if explicit:
+        logger.warning("the data defines a validation split (%d cases); data.split.%s is not used",
+                       len(val), ", ".join(sorted(explicit)))
+
+
+def _split_pool(cases: List[Dict], split_cfg) -> Tuple[List[Dict], List[Dict]]:
+    """Train / validation split of a segmentation training pool (sorted by image path) by ``val``, ``kfold`` or
+    ``val_fraction``."""
     n = len(cases)
     if split_cfg.val is not None:
         wanted = list(split_cfg.val)
@@ -440,6 +520,32 @@ def _read_rows(path: Path) -> Tuple[List[Tuple[int, Dict]], List[str]]:
     return rows, columns
 
 
+def _check_columns(path: Path, columns: Sequence[str], wanted: Dict[str, Optional[str]]) -> None:
+    """Raise a :class:`DataError` naming the list file, the config field and the columns found when a configured
+    column (``{"split_column": "split", ...}``; ``None`` = not configured) is missing."""
+    for field, col in wanted.items():
+        if col is not None and col not in columns:
+            raise DataError(f"{path}: no column {col!r} (data.{field}); columns found: {', '.join(columns)}."
+                            + did_you_mean(col, columns))
+
+
+def _row_split(row: Dict, split_column: str, mapping: Dict[str, str], where: str, image: str) -> str:
+    """The split of one list-file row: its ``split_column`` value mapped through ``data.split.column_values``
+    (``train``, ``val``, ``test`` or ``drop``); used by both tasks.
+
+    Raises:
+        DataError: the value is not a key of ``mapping``; names the file and line (``where``), the image and the
+            value, and how to map it.
+    """
+    value = str(row.get(split_column) or "").strip()
+    if value not in mapping:
+        raise DataError(
+            f"{where}: {split_column} {value!r} of {image} is not a known split; expected one "
+            f"of {', '.join(mapping)}. Map it in data.split.column_values, e.g. {{{value}: test}} or "
+            f"{{{value}: drop}}")
+    return mapping[value]
+
+
 def discover_classification_cases(data_cfg) -> Tuple[List[Dict], List[str]]:
     """Labelled classification cases from ``data.list_file`` (CSV/JSON) or an ``data.images`` glob.
 
@@ -469,12 +575,8 @@ def discover_classification_cases(data_cfg) -> Tuple[List[Dict], List[str]]:
         if not path.is_file():
             raise DataError(f"data.list_file {path} not found")
         rows, columns = _read_rows(path)
-        wanted = {"image_column": data_cfg.image_column, "label_column": data_cfg.label_column,
-                  "split_column": data_cfg.split_column, "group_column": data_cfg.group_column}
-        for field, col in wanted.items():
-            if col is not None and col not in columns:
-                raise DataError(f"{path}: no column {col!r} (data.{field}); columns found: {', '.join(columns)}."
-                                + did_you_mean(col, columns))
+        _check_columns(path, columns, {"image_column": data_cfg.image_column, "label_column": data_cfg.label_column,
+                                       "split_column": data_cfg.split_column, "group_column": data_cfg.group_column})
         mapping = data_cfg.split.column_values
         for line, row in rows:
             where = f"{path}, line {line}"
@@ -489,15 +591,10 @@ def discover_classification_cases(data_cfg) -> Tuple[List[Dict], List[str]]:
                 if not case["group"]:
                     raise DataError(f"{where}: image {image} has an empty {data_cfg.group_column!r}")
             if data_cfg.split_column is not None:
-                value = str(row.get(data_cfg.split_column) or "").strip()
-                if value not in mapping:
-                    raise DataError(
-                        f"{where}: {data_cfg.split_column} {value!r} of {image} is not a known split; expected one "
-                        f"of {', '.join(mapping)}. Map it in data.split.column_values, e.g. {{{value}: test}} or "
-                        f"{{{value}: drop}}")
-                if mapping[value] == "drop":
+                split = _row_split(row, data_cfg.split_column, mapping, where, image)
+                if split == "drop":
                     continue
-                case["split"] = mapping[value]
+                case["split"] = split
             raw.append(case)
     else:
         for pattern, split in ((data_cfg.images, None), (data_cfg.test_images, "test")):
@@ -627,18 +724,12 @@ def split_classification_cases(cases: Sequence[Dict], split_cfg) -> Tuple[List[D
             known = sorted(g for g in found if g is not None)
             raise DataError(f"data.split.test_groups: group(s) {unknown} not found in data.group_column "
                             f"(groups: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''})")
-    pre: Dict[str, List[Dict]] = {"train": [], "val": [], "test": []}
-    for c in cases:
-        pre["test" if c.get("group") in test_groups else c.get("split", "train")].append(c)
-    pool, val, test = pre["train"], pre["val"], pre["test"]
+    pool, val, test = _predefined_partition(cases, test_groups)
     if not test and split_cfg.test_fraction is not None:
         pool, test = _holdout(pool, split_cfg.test_fraction, split_cfg.stratify, split_cfg.seed,
                               "data.split.test_fraction")
-    explicit = {"val", "val_fraction", "kfold"} & set(split_cfg.model_fields_set)
     if val:
-        if explicit:
-            logger.warning("the data defines a validation split (%d cases); data.split.%s is not used",
-                           len(val), ", ".join(sorted(explicit)))
+        _warn_unused_split_settings(val, split_cfg)
     elif split_cfg.val is not None:
         names = list(split_cfg.val)
         unknown = [n for n in names if not any(c["image"].endswith(os.sep + n) or c["image"] == n for c in pool)]
@@ -688,8 +779,8 @@ def cross_validation_folds(cases: Sequence[Dict], split_cfg, task: str = "classi
     Args:
         cases: from :func:`discover_classification_cases` (classification) or :func:`discover_cases`.
         split_cfg: :class:`medpipe.config.SplitConfig` with ``kfold`` set (``fold`` is ignored).
-        task: ``"classification"`` or ``"segmentation"`` (no test split: segmentation test images are
-            unlabelled and come from ``data.test_images``).
+        task: ``"classification"`` or ``"segmentation"`` (its test split is only a predefined one from
+            ``data.split_column``; unlabelled ``data.test_images`` are not cases).
 
     Returns:
         ``(folds, test)``: ``folds[k] = (train_k, val_k)``, case lists sorted by image path; ``test`` the held-out
@@ -703,13 +794,12 @@ def cross_validation_folds(cases: Sequence[Dict], split_cfg, task: str = "classi
     k = split_cfg.kfold
     if k is None:
         raise DataError("cross-validation needs data.split.kfold (the number of folds), e.g. kfold: 5")
-    if task == "classification":
-        predefined_val = [c["image"] for c in cases if c.get("split") == "val"]
-        if predefined_val:
-            raise DataError(f"data.split.kfold={k}: the data defines a validation split ({len(predefined_val)} "
-                            f"cases, e.g. {predefined_val[0]}) in data.split_column, so there is nothing to "
-                            "cross-validate; map it to train in data.split.column_values (e.g. {val: train}) or "
-                            "remove kfold")
+    predefined_val = [c["image"] for c in cases if c.get("split") == "val"]
+    if predefined_val:
+        raise DataError(f"data.split.kfold={k}: the data defines a validation split ({len(predefined_val)} "
+                        f"cases, e.g. {predefined_val[0]}) in data.split_column, so there is nothing to "
+                        "cross-validate; map it to train in data.split.column_values (e.g. {val: train}) or "
+                        "remove kfold")
     folds: List[Tuple[List[Dict], List[Dict]]] = []
     test: List[Dict] = []
     for fold in range(k):
@@ -717,7 +807,7 @@ def cross_validation_folds(cases: Sequence[Dict], split_cfg, task: str = "classi
         if task == "classification":
             train, val, test_k = split_classification_cases(cases, one)
         else:
-            (train, val), test_k = split_cases(cases, one), []
+            train, val, test_k = split_segmentation_cases(cases, one)
         if fold and test_k != test:
             raise RuntimeError(f"fold {fold}: the held-out test split differs from fold 0's")
         test = test_k

@@ -1,7 +1,8 @@
 """Validation metrics as MONAI cumulative metrics and ignite handlers for ``SupervisedEvaluator``.
 
-Segmentation: Dice is MONAI's ``MeanDice``; pixel accuracy, V-Rand and V-Info wrap the per-image numpy functions
-of :mod:`medpipe.engine.metrics` in ``monai.metrics.CumulativeIterationMetric`` so that MONAI's
+Segmentation: Dice is MONAI's ``MeanDice``; HD95 is MONAI's ``HausdorffDistanceMetric`` (percentile 95) with a
+defined score for empty masks (:class:`HD95Metric`); pixel accuracy, V-Rand and V-Info wrap the per-image numpy
+functions of :mod:`medpipe.engine.metrics` in ``monai.metrics.CumulativeIterationMetric`` so that MONAI's
 ``IgniteMetricHandler`` accumulates them (and reduces them across processes) like its own metrics.
 
 Classification: :class:`ClassificationMetric` buffers every case's class probabilities and label and computes the
@@ -15,16 +16,23 @@ AUC and per-class sensitivity / specificity / precision equal MONAI's ``compute_
 
 from __future__ import annotations
 
+import logging
+import math
+import warnings
 from typing import Callable, Dict
 
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
-from monai.metrics import CumulativeIterationMetric
+from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric
+from monai.metrics.utils import do_metric_reduction
 
 from medpipe.engine import metrics as M
 
-__all__ = ["PerImageMetric", "build_seg_metric_handlers", "ClassificationMetric", "build_cls_metric_handlers"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["PerImageMetric", "HD95Metric", "build_seg_metric_handlers", "ClassificationMetric",
+           "build_cls_metric_handlers"]
 
 
 def _to_index(x: torch.Tensor) -> np.ndarray:
@@ -58,6 +66,76 @@ class PerImageMetric(CumulativeIterationMetric):
         if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
             return torch.tensor(float("nan"))
         return torch.as_tensor(data, dtype=torch.float64).nanmean()
+
+
+class HD95Metric(HausdorffDistanceMetric):
+    """95th-percentile symmetric Hausdorff distance (HD95) over the foreground classes, in pixels.
+
+    MONAI's ``HausdorffDistanceMetric(include_background=False, percentile=95)`` (Euclidean distances between the
+    boundary pixels of prediction and ground truth, no spacing, so the unit is the **pixel**; the 95th percentile of
+    both directed distance sets, the larger of the two), computed per image and foreground class, averaged over
+    images like MONAI's ``reduction="mean"``. Lower is better (0: the boundaries coincide).
+
+    Empty masks, which MONAI scores NaN (and its mean silently skips, so a network that predicts nothing could look
+    better than one that predicts something wrong):
+
+    * prediction empty and ground truth not, or the reverse: the image diagonal ``sqrt(sum((s - 1)^2))`` over the
+      spatial sizes ``s`` (360.6 px for 256 x 256), the largest distance two pixels of the image can have; as the
+      BraTS challenge scores an empty prediction of a present tumour with its volume's maximum distance;
+    * both empty: NaN, left out of the mean (there is no boundary to be distant from).
+
+    ``aggregate()`` logs a warning with the number of such images, and returns NaN (a 0-d tensor) if no image has a
+    defined value; MLflow logging (:meth:`medpipe.tracking.Tracker.log_metrics`) skips non-finite values.
+
+    ``y_pred``/``y``: ``(B, C, H, W[, D])`` one-hot binary tensors (after ``AsDiscrete``; channel 0 background) or
+    lists of ``(C, H, W[, D])``. Returns ``(B, C - 1)`` float32 distances from ``__call__``.
+    """
+
+    def __init__(self, percentile: float = 95.0):
+        super().__init__(include_background=False, distance_metric="euclidean", percentile=percentile,
+                         reduction="mean")
+
+    def reset(self) -> None:
+        super().reset()
+        self.n_one_empty = 0
+        self.n_both_empty = 0
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
+                        **kwargs) -> torch.Tensor:
+        with warnings.catch_warnings():
+            # MONAI warns per empty image (counted here, logged once per aggregate()) and, from inside its own
+            # surface-distance code, about its deprecated `always_return_as_numpy` argument (nothing to act on here)
+            warnings.filterwarnings("ignore", message=r".*is all 0, this may result in nan/inf distance")
+            warnings.filterwarnings("ignore", message=r".*always_return_as_numpy", category=FutureWarning)
+            hd = super()._compute_tensor(y_pred, y, **kwargs)
+        has_pred = torch.as_tensor(y_pred)[:, 1:].flatten(2).sum(-1) > 0  # (B, C - 1)
+        has_true = torch.as_tensor(y)[:, 1:].flatten(2).sum(-1) > 0
+        one_empty = (has_pred != has_true).to(hd.device)
+        both_empty = (~has_pred & ~has_true).to(hd.device)
+        diagonal = math.sqrt(sum((int(s) - 1) ** 2 for s in y_pred.shape[2:]))
+        hd = torch.where(one_empty, torch.full_like(hd, diagonal), hd)
+        hd = torch.where(both_empty, torch.full_like(hd, float("nan")), hd)
+        self.n_one_empty += int(one_empty.sum())
+        self.n_both_empty += int(both_empty.sum())
+        return hd
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        data = self.get_buffer()
+        if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
+            return torch.tensor(float("nan"))
+        data = torch.as_tensor(data, dtype=torch.float32)
+        if self.n_one_empty:
+            logger.warning("hd95: %d image(s) with an empty prediction or an empty ground truth (not both) scored "
+                           "the image diagonal", self.n_one_empty)
+        if self.n_both_empty:
+            logger.warning("hd95: %d image(s) with empty prediction and ground truth are left out of the mean",
+                           self.n_both_empty)
+        if not torch.isfinite(data).any():
+            logger.warning("hd95 is undefined for all %d image(s) (prediction and ground truth empty): NaN",
+                           data.shape[0])
+            return torch.tensor(float("nan"))
+        f, _ = do_metric_reduction(data, "mean")
+        return f.reshape(())
 
 
 _last: Dict[str, object] = {"pred": None, "label": None, "scores": None}
@@ -97,12 +175,22 @@ def build_seg_metric_handlers(names, key_metric: str):
     Returns:
         ``(key_val_metric, additional_metrics)`` dicts for ``monai.engines.SupervisedEvaluator``. They read
         ``pred`` and ``label`` (one-hot, after the evaluator's post-transforms) from the engine output.
+        ``dice``: MONAI ``MeanDice`` (foreground); ``hd95``: :class:`HD95Metric` in an ``IgniteMetricHandler``
+        (what ``monai.handlers.HausdorffDistance`` builds, with empty masks scored as documented there), pixels.
+
+    Raises:
+        ValueError: ``key_metric`` is lower-is-better (``hd95``): the checkpoint handlers keep the highest value.
     """
+    if key_metric == "hd95":
+        raise ValueError("metrics.key_metric: 'hd95' is lower-is-better; the best checkpoint needs a "
+                         "higher-is-better metric such as dice")
     out = from_engine(["pred", "label"])
     handlers = {}
     for name in names:
         if name == "dice":
             handlers[name] = MeanDice(include_background=False, output_transform=out)
+        elif name == "hd95":
+            handlers[name] = IgniteMetricHandler(metric_fn=HD95Metric(), output_transform=out)
         else:
             handlers[name] = IgniteMetricHandler(metric_fn=PerImageMetric(_PER_IMAGE[name]), output_transform=out)
     key = {key_metric: handlers.pop(key_metric)}

@@ -20,10 +20,10 @@ def _fields(cfg, drop=("name",)):
 @NETS.register("basic_unet")
 def _basic_unet(cfg):
     """MONAI ``BasicUNet``: input ``(B, in_channels, H, W[, D])`` -> logits ``(B, out_channels, H, W[, D])``.
-    Spatial sizes should be divisible by 16 (four 2x down-samplings)."""
+    Spatial sizes should be divisible by 16 (four 2x down-samplings). ``init`` is applied by :func:`prepare_net`."""
     from monai.networks.nets import BasicUNet
 
-    kw = _fields(cfg)
+    kw = _fields(cfg, drop=("name", "init"))
     for key in ("act", "norm"):
         if isinstance(kw[key], (list, tuple)):
             kw[key] = tuple(kw[key])
@@ -85,12 +85,12 @@ def build_net(cfg):
 
 
 def prepare_net(net, cfg, tracking_uri=None):
-    """Initialise a freshly built classifier and load its pretrained weights, as its config says.
+    """Initialise a freshly built network and load its pretrained weights, as its config says.
 
     Order: ``medpipe.nets.init.init_weights(net, cfg.init)`` first, then
     ``medpipe.nets.pretrained.load_pretrained(net, cfg.pretrained, ...)``, so that whatever the checkpoint does
-    not provide (e.g. a head for another number of classes) keeps the chosen initialisation. Net configs without
-    these fields (``basic_unet``) are returned unchanged.
+    not provide (e.g. a head for another number of classes) keeps the chosen initialisation. ``basic_unet`` has
+    ``init`` but no ``pretrained``; a config without a field skips that step.
 
     Args:
         net: the network from :func:`build_net`.
