@@ -442,11 +442,12 @@ class TrainConfig(_Model):
         "or bfloat16 (Ampere and newer; float32's range, no scaling needed)")
     channels_last: bool = Field(False, description="network weights and input batches in channels-last memory "
                                 "format (NHWC / NDHWC), faster convolutions on tensor-core GPUs")
-    compile: bool = Field(False, description="torch.compile the training network (MONAI SupervisedTrainer "
-                          "compile=True, static shapes); the first epoch pays the compilation time. Not with "
-                          "channels_last for basic_unet (torch 2.13 inductor fails on its padding backward)")
+    compile: bool = Field(False, description="torch.compile the training network (static shapes, plain-tensor "
+                          "inputs; validation runs uncompiled); the first epoch pays the compilation time. Not "
+                          "with channels_last for basic_unet (torch 2.13 inductor fails on its padding backward)")
     seed: int = 0
-    deterministic: bool = Field(True, description="monai.utils.set_determinism(seed) and deterministic kernels")
+    deterministic: bool = Field(True, description="deterministic cuDNN kernels without autotuning; false: "
+                                "cudnn.benchmark autotuning (faster on GPUs, not bitwise reproducible)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     grad_clip_norm: Optional[float] = Field(None, gt=0, description="clip the gradient L2 norm to this value")
     early_stop_patience: Optional[int] = Field(None, ge=1, description="stop after N validations without gain")

@@ -317,6 +317,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Opti
     if cfg.data.split.kfold is not None and cfg.data.split.fold is None and data is None:
         from medpipe.cv import run_cross_validation
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("data.split.kfold: a whole cross-validation cannot run under torchrun; run one fold per "
+                             "torchrun with --set data.split.fold=<k>")
+
         return run_cross_validation(cfg)
     t0 = time.time()
     dist = init_distributed(cfg.train.device)
@@ -664,6 +668,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             cfg = load_config(args.pipeline, args.overrides)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if cfg.data.split.kfold is not None and cfg.data.split.fold is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("error: data.split.kfold: a whole cross-validation cannot run under torchrun; run one fold per torchrun "
+              "with --set data.split.fold=<k>", file=sys.stderr)
         return 2
     if args.validate_only:
         print(f"{args.pipeline or args.resume}: valid ({cfg.name}, task {cfg.task}, net {cfg.net.name})")

@@ -14,3 +14,18 @@ def datasets():
     if not root.is_dir():
         pytest.fail(f"dataset root {root} not found: set MEDPIPE_DATA to the shared/datasets folder")
     return root
+
+
+@pytest.fixture
+def small_em(tmp_path, datasets):
+    """A data root with 4 labelled ISBI-2012 EM images and 2 test images (symlinks to the real files)."""
+    src = datasets / "isbi2012_em"
+    root = tmp_path / "em"
+    for sub in ("image", "label", "test"):
+        (root / sub).mkdir(parents=True)
+    for n in range(4):
+        os.symlink(src / "train" / "image" / f"{n}.png", root / "image" / f"{n}.png")
+        os.symlink(src / "train" / "label" / f"{n}.png", root / "label" / f"{n}.png")
+    for n in range(2):
+        os.symlink(src / "test" / f"{n}.png", root / "test" / f"{n}.png")
+    return root

@@ -15,7 +15,7 @@ import yaml
 from medpipe.config import validate_config
 from medpipe.engine.resume import latest_checkpoint
 from medpipe.run import main, run_pipeline
-from tests.test_run_e2e import _cfg_dict, small_em  # noqa: F401  (fixture)
+from tests.test_run_e2e import _cfg_dict
 
 EPOCHS = 3
 

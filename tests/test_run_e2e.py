@@ -1,7 +1,6 @@
 """End to end: a short real run on 4 EM images, read back through the MLflow client; crash handling; CLI."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,21 +14,6 @@ CHAN = {"name": "EnsureChannelFirstd", "keys": ["image", "label"], "channel_dim"
 SCALE = {"name": "ScaleIntensityRanged", "keys": ["image"], "a_min": 0, "a_max": 255, "b_min": 0.0, "b_max": 1.0,
          "clip": True}
 MAP = {"name": "MapLabelValued", "keys": ["label"], "orig_labels": [0, 255], "target_labels": [0, 1]}
-
-
-@pytest.fixture
-def small_em(tmp_path, datasets):
-    """A data root with 4 labelled EM images and 2 test images (symlinks to the real files)."""
-    src = datasets / "isbi2012_em"
-    root = tmp_path / "em"
-    for sub in ("image", "label", "test"):
-        (root / sub).mkdir(parents=True)
-    for n in range(4):
-        os.symlink(src / "train" / "image" / f"{n}.png", root / "image" / f"{n}.png")
-        os.symlink(src / "train" / "label" / f"{n}.png", root / "label" / f"{n}.png")
-    for n in range(2):
-        os.symlink(src / "test" / f"{n}.png", root / "test" / f"{n}.png")
-    return root
 
 
 def _cfg_dict(tmp_path, root, epochs=2):

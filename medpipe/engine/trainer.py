@@ -51,14 +51,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch (``monai.utils.set_determinism``); with ``deterministic`` also make
-    cuDNN deterministic. MONAI's ``DataLoader`` then seeds the random transforms from torch's generator."""
+    """Seed Python, NumPy and torch (``monai.utils.set_determinism``); with ``deterministic`` cuDNN is
+    deterministic without autotuning, else ``cudnn.benchmark`` autotunes (faster on GPUs, not bitwise
+    reproducible). MONAI's ``DataLoader`` then seeds the random transforms from torch's generator."""
     from monai.utils import set_determinism
 
-    set_determinism(seed=seed, use_deterministic_algorithms=None)
-    if deterministic and torch.backends.cudnn.is_available():
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+    set_determinism(seed=seed, use_deterministic_algorithms=None)  # also sets cuDNN deterministic, no autotuning
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.deterministic = bool(deterministic)
+        torch.backends.cudnn.benchmark = not deterministic  # autotuned convolutions when reproducibility may go
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Engines:
     state: Optional[dict] = None
     best_saver: Optional[object] = None
     latest_saver: Optional[object] = None
+    pending: Optional[dict] = None  # checkpointed state of objects created when training starts (AMP scaler)
 
     @property
     def best_checkpoint(self) -> Optional[Path]:
@@ -111,6 +113,8 @@ class Engines:
             raise KeyError(f"{checkpoint}: has no {missing} (it holds {sorted(ckpt)}); was it written by a run "
                            "with another configuration?")
         Checkpoint.load_objects(self.state, ckpt)
+        if "scaler" in ckpt and "scaler" not in self.state and self.pending is not None:
+            self.pending["scaler"] = ckpt["scaler"]  # the scaler exists once trainer.run() starts
         saved = getattr(self.best_saver, "_saved", [])
         lost = [item for item in saved if not (self.checkpoint_dir / item.filename).is_file()]
         for item in lost:  # killed while replacing it: the next validation saves a best again
@@ -149,7 +153,7 @@ def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False, dist=
         out = engine.state.output
         loss = out[0]["loss"] if isinstance(out, list) else out["loss"]
         n = len(out) if isinstance(out, list) else 1
-        acc["sum"] += float(loss) * n
+        acc["sum"] = acc["sum"] + torch.as_tensor(loss).detach() * n  # on the device: no GPU sync per step
         acc["n"] += n
         if accuracy:
             items = out if isinstance(out, list) else [out]
@@ -163,6 +167,7 @@ def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False, dist=
     @trainer.on(Events.EPOCH_COMPLETED)
     def _store(engine):
         total, n, correct, seen = [acc[k] for k in ("sum", "n", "correct", "seen")]
+        total = float(total)
         if dist is not None:
             total, n, correct, seen = dist.all_reduce_sum([total, n, correct, seen])
         engine.state.metrics["train_loss"] = total / max(n, 1)
@@ -358,8 +363,15 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
 
     state = {"net": net, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "history": history,
              "evaluator": StateAttributes(evaluator.state, ["best_metric", "best_metric_epoch"])}
-    if trainer.scaler is not None:
-        state["scaler"] = trainer.scaler
+    pending: dict = {}
+
+    @trainer.on(Events.STARTED)
+    def _adopt_scaler(engine):
+        # MONAI creates the AMP GradScaler in Trainer.run(): checkpoint it from here, restoring a resumed one
+        if engine.scaler is not None:
+            state["scaler"] = engine.scaler
+            if "scaler" in pending:
+                engine.scaler.load_state_dict(pending.pop("scaler"))
     if scheduler is not None:
         state["scheduler"] = scheduler
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -388,4 +400,4 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
 
         ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
     return Engines(trainer, evaluator, net, optimizer, scheduler, checkpoint_dir, device, history, state, best,
-                   latest)
+                   latest, pending)

@@ -8,7 +8,7 @@ import torch
 
 from medpipe.config import validate_config
 from medpipe.run import run_pipeline
-from tests.test_run_e2e import _cfg_dict, small_em  # noqa: F401  (fixture)
+from tests.test_run_e2e import _cfg_dict
 
 
 def _config(tmp_path, root, out, **train):
