@@ -16,16 +16,21 @@ def datasets():
     return root
 
 
+def link_em(root, datasets, n_labelled: int, n_test: int):
+    """``root`` with ``image/``, ``label/`` (the first ``n_labelled`` ISBI-2012 EM training pairs) and ``test/``
+    (the first ``n_test`` challenge test images), as symlinks to the real files."""
+    src = datasets / "isbi2012_em"
+    for sub in ("image", "label", "test"):
+        (root / sub).mkdir(parents=True)
+    for n in range(n_labelled):
+        os.symlink(src / "train" / "image" / f"{n}.png", root / "image" / f"{n}.png")
+        os.symlink(src / "train" / "label" / f"{n}.png", root / "label" / f"{n}.png")
+    for n in range(n_test):
+        os.symlink(src / "test" / f"{n}.png", root / "test" / f"{n}.png")
+    return root
+
+
 @pytest.fixture
 def small_em(tmp_path, datasets):
     """A data root with 4 labelled ISBI-2012 EM images and 2 test images (symlinks to the real files)."""
-    src = datasets / "isbi2012_em"
-    root = tmp_path / "em"
-    for sub in ("image", "label", "test"):
-        (root / sub).mkdir(parents=True)
-    for n in range(4):
-        os.symlink(src / "train" / "image" / f"{n}.png", root / "image" / f"{n}.png")
-        os.symlink(src / "train" / "label" / f"{n}.png", root / "label" / f"{n}.png")
-    for n in range(2):
-        os.symlink(src / "test" / f"{n}.png", root / "test" / f"{n}.png")
-    return root
+    return link_em(tmp_path / "em", datasets, 4, 2)

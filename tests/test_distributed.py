@@ -12,6 +12,7 @@ import yaml
 from medpipe.config import validate_config
 from medpipe.engine.distributed import DistContext, partition_cases
 from medpipe.run import run_pipeline
+from tests.conftest import link_em
 from tests.test_run_e2e import _cfg_dict
 
 EPOCHS = 3
@@ -19,16 +20,8 @@ EPOCHS = 3
 
 @pytest.fixture
 def em6(tmp_path, datasets):
-    """6 labelled EM images (4 train, 2 val) as symlinks."""
-    src = datasets / "isbi2012_em"
-    root = tmp_path / "em"
-    for sub in ("image", "label", "test"):
-        (root / sub).mkdir(parents=True)
-    for n in range(6):
-        os.symlink(src / "train" / "image" / f"{n}.png", root / "image" / f"{n}.png")
-        os.symlink(src / "train" / "label" / f"{n}.png", root / "label" / f"{n}.png")
-    os.symlink(src / "test" / "0.png", root / "test" / "0.png")
-    return root
+    """6 labelled EM images (4 train, 2 val) and one test image, as symlinks."""
+    return link_em(tmp_path / "em", datasets, 6, 1)
 
 
 def _config(tmp_path, root, out):
