@@ -18,7 +18,7 @@ The data pipeline's randomness (shuffling order, random crops and flips) is re-s
 from ``(train.seed, epoch, rank)`` (:class:`EpochReseed`), so epoch *e* draws the same samples whether the run
 started at epoch 1 or resumed at *e*, with or without worker processes. Together these make a resumed run on
 CPU reach the same weights as an uninterrupted one with the same seed (``tests/test_resume.py`` checks them to a
-relative 1e-5; on the CI machine they are identical). Resume with the number of processes the run started with:
+relative 1e-5). Resume with the number of processes the run started with:
 under ``torchrun`` the epoch length depends on it.
 """
 
