@@ -638,7 +638,9 @@ def _best_epoch(history: Dict[str, list], key: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m medpipe.run", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m medpipe.run", description=(
+        "Validate, train, evaluate, predict and track a pipeline; --resume continues an interrupted run; under "
+        "torchrun (torchrun --nproc_per_node N -m medpipe.run X.yaml) training is distributed data-parallel."))
     p.add_argument("pipeline", nargs="?", help="pipeline YAML file, e.g. pipelines/em_unet.yaml")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its latest checkpoint, logging "
                    "into the same MLflow run: its artifact folder or MLflow run id (its own config is used)")
