@@ -181,8 +181,10 @@ def build_seg_metric_handlers(names, key_metric: str):
     Raises:
         ValueError: ``key_metric`` is lower-is-better (``hd95``): the checkpoint handlers keep the highest value.
     """
-    if key_metric == "hd95":
-        raise ValueError("metrics.key_metric: 'hd95' is lower-is-better; the best checkpoint needs a "
+    from medpipe.config import LOWER_IS_BETTER_METRICS
+
+    if key_metric in LOWER_IS_BETTER_METRICS:
+        raise ValueError(f"metrics.key_metric: {key_metric!r} is lower-is-better; the best checkpoint needs a "
                          "higher-is-better metric such as dice")
     out = from_engine(["pred", "label"])
     handlers = {}

@@ -10,6 +10,7 @@ loss and sample count, progress bars, the GPU options (AMP, channels-last, ``tor
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -140,8 +141,6 @@ def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False, dist=
     0's clock), ``train_samples_per_second``, ``lr``, and with ``accuracy`` (classification) ``train_accuracy``, the fraction of training samples whose
     argmax logit is their label (measured on the augmented batches, while the weights change). Under
     distributed training (``dist``) sums are taken over all ranks, so the numbers describe the whole epoch."""
-    import time
-
     acc = {"sum": 0.0, "n": 0, "correct": 0, "seen": 0, "t0": 0.0}
 
     @trainer.on(Events.EPOCH_STARTED)
@@ -312,6 +311,11 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
         fmt = torch.channels_last if cfg.net.spatial_dims == 2 else torch.channels_last_3d
         net = net.to(memory_format=fmt)
         engine_kwargs["prepare_batch"] = _prepare_batch(fmt)
+    train_net: torch.nn.Module = net
+    if dist is not None and dist.distributed:
+        train_net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    train_kwargs = dict(engine_kwargs)
     if tc.compile:
         import torch._inductor.config as inductor_config
 
@@ -319,12 +323,6 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
         # padding (BasicUNet's UpCat) then returns strides its meta kernel does not predict (torch 2.13: an
         # assertion in the compiled graph); keep the layouts inductor is given
         inductor_config.layout_optimization = False
-    train_net: torch.nn.Module = net
-    if dist is not None and dist.distributed:
-        train_net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-    train_kwargs = dict(engine_kwargs)
-    if tc.compile:
         # compiled here rather than with SupervisedTrainer(compile=True): MONAI 1.6.1 rebuilds MetaTensors from the
         # collated batch metadata after the step and fails on `original_channel_dim: no_channel`; plain tensors in
         # (static shapes: automatic dynamic shapes mark the channel axis of blocks reused at several widths)

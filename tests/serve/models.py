@@ -16,6 +16,7 @@ import os
 import pytest
 
 from medpipe.config import validate_config
+from tests.conftest import link_em
 
 LOAD = {"name": "LoadImaged", "keys": ["image", "label"], "reader": "PILReader", "reverse_indexing": False}
 CHAN = {"name": "EnsureChannelFirstd", "keys": ["image", "label"], "channel_dim": "no_channel"}
@@ -59,13 +60,7 @@ def _train_seg(tmp_path_factory, datasets, mlflow_store):
     from medpipe.run import run_pipeline
 
     tmp = tmp_path_factory.mktemp("seg")
-    src = datasets / "isbi2012_em"
-    root = tmp / "em"
-    for sub in ("image", "label"):
-        (root / sub).mkdir(parents=True)
-    for n in range(3):
-        os.symlink(src / "train" / "image" / f"{n}.png", root / "image" / f"{n}.png")
-        os.symlink(src / "train" / "label" / f"{n}.png", root / "label" / f"{n}.png")
+    root = link_em(tmp / "em", datasets, 3, 0)
     cfg = validate_config({
         "name": "em_serve_tiny", "output_dir": str(tmp / "artifacts"),
         "data": {"root": str(root), "images": "image/*.png", "labels": "label/*.png",
