@@ -136,7 +136,8 @@ class DataConfig(_Model):
     )
     cache_rate: float = Field(1.0, ge=0, le=1, description="fraction of cases cached in memory (cache: memory)")
     cache_dir: Optional[str] = Field(None, description="folder for cache: disk (default <output_dir>/cache)")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process); "
+                             "re-created every epoch so that their random transforms are re-seeded (exact resume)")
     loader: Literal["dataloader", "thread"] = Field(
         "dataloader", description="monai.data.DataLoader, or ThreadDataLoader (batches prepared in a background "
         "thread while the network computes; see docs/performance.md)")
