@@ -62,12 +62,7 @@ def plot_history(history: Dict[str, List], path: Path, title: str = "") -> Path:
     if handles:
         ax2.legend(handles, labels)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def read_gray(path: str) -> np.ndarray:
@@ -108,12 +103,7 @@ def plot_overlays(records: Sequence[Dict], path: Path, max_rows: int = 4) -> Pat
         ax_row[3].set_title("overlay (red: pred, green: GT)")
         for ax in ax_row:
             ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=80)
 
 
 def _save(fig, path: Path, dpi: int = 100) -> Path:

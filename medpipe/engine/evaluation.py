@@ -8,7 +8,7 @@ or Youden's J) and applies it unchanged to the test split, which never influence
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -34,7 +34,6 @@ class SplitPredictions:
     images: List[str]
     labels: np.ndarray
     probs: np.ndarray
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def _paths(batch: Dict, n: int) -> List[str]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["predict_case", "predict_cases", "write_mask"]
+__all__ = ["predict_case", "predict_cases", "write_mask", "mask_to_uint8"]
 
 
 def _stem(path: str) -> str:
@@ -29,7 +29,8 @@ def _stem(path: str) -> str:
 
 
 @torch.inference_mode()
-def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device) -> np.ndarray:
+def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device, data: Optional[Dict] = None
+                 ) -> np.ndarray:
     """Class probabilities for one case on its original pixel grid.
 
     Args:
@@ -38,6 +39,7 @@ def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device) -
         transform: the inference ``Compose`` (loads the file; invertible spatial ops are undone).
         inferer: e.g. ``SlidingWindowInferer``.
         device: torch device.
+        data: ``transform(case)`` when the caller has already computed it (e.g. to check the input shape).
 
     Returns:
         ``(K, *spatial)`` float32 probabilities.
@@ -46,7 +48,7 @@ def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device) -
     from monai.transforms import Invertd
 
     net.eval()
-    data = transform(dict(case))
+    data = transform(dict(case)) if data is None else data
     image = data["image"]
     logits = inferer(image[None].to(device), net)
     prob = torch.softmax(logits.float(), dim=1)[0].cpu()
@@ -55,6 +57,12 @@ def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device) -
         data = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)(data)
         prob = data["pred"]
     return np.asarray(prob.detach().cpu() if isinstance(prob, torch.Tensor) else prob, dtype=np.float32)
+
+
+def mask_to_uint8(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """A class-index mask as 8-bit pixels: with 2 classes ``0``/``255`` (the input label convention), otherwise the
+    class indices themselves."""
+    return (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
 
 
 def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = None) -> Path:
@@ -74,8 +82,7 @@ def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = 
 
         if mask.ndim != 2:
             raise ValueError(f"PNG output needs a 2D mask, got shape {mask.shape}; use output_format: nifti")
-        out = (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
-        Image.fromarray(out).save(path)
+        Image.fromarray(mask_to_uint8(mask, num_classes)).save(path)
     else:
         import nibabel as nib
 

@@ -99,16 +99,6 @@ class SlideHeatmap:
         prob = zarr.open_group(str(self.zarr_path), mode="r")["prob"]
         return np.asarray(prob[self.class_index if channel is None else channel], dtype=np.float32)
 
-    def metrics(self) -> dict[str, float]:
-        """Scalar summary for experiment tracking (numbers only)."""
-        return {
-            "slide_windows": float(self.n_windows),
-            "slide_windows_run": float(self.n_windows_run),
-            "slide_inference_seconds": self.inference_seconds,
-            "slide_seconds": self.seconds,
-            "slide_tiles_per_second": self.tiles_per_second,
-        }
-
 
 def intensity_range(
     a_min: float, a_max: float, b_min: float = 0.0, b_max: float = 1.0, clip: bool = True

@@ -272,8 +272,8 @@ class ServedModel:
         if cfg.task == "segmentation":
             from medpipe.inference.predict import predict_case
 
-            # the same function medpipe.run uses; it re-applies the transforms (deterministic) to invert them
-            prob = predict_case(self.net, {"image": path}, self.transform, self.inferer, self.device)
+            # the same function medpipe.run uses, given the transformed image it inverts the transforms of
+            prob = predict_case(self.net, {"image": path}, self.transform, self.inferer, self.device, data=data)
             return {"probabilities": prob, "mask": prob.argmax(0)}
         with torch.inference_mode():
             logits = self.net(torch.as_tensor(image)[None].to(self.device))
@@ -347,11 +347,13 @@ class ServedModel:
         else:
             mask = raw["mask"]
             k = cfg.net.out_channels
-            png = (mask * 255).astype(np.uint8) if k == 2 else mask.astype(np.uint8)
-            fg = int((mask > 0).sum())
+            from medpipe.inference.predict import mask_to_uint8
+
+            png = mask_to_uint8(mask, k)
+            counts = np.bincount(mask.ravel(), minlength=k)  # one pass over the mask
+            fg = int(mask.size - counts[0])
             px_area = spacing[0] * spacing[1] if spacing else None
-            per_class = {str(c): {"pixels": int((mask == c).sum()),
-                                  "mm2": float((mask == c).sum() * px_area) if px_area else None}
+            per_class = {str(c): {"pixels": int(counts[c]), "mm2": float(counts[c] * px_area) if px_area else None}
                          for c in range(1, k)}
             out.update({"mask_png": _png_b64(png), "mask_shape": list(mask.shape),
                         "mask_encoding": "PNG, 0 = class 0, 255 = class 1" if k == 2 else "PNG, pixel = class index",
