@@ -76,6 +76,7 @@ class _Data:
     classes: Optional[List[str]] = None
     class_weights: Optional[List[float]] = None
     sample_weights: Optional[List[float]] = None
+    manifest_sha256: Optional[str] = None  # when already computed (cross-validation: once for all folds)
 
     def tags(self) -> Dict[str, object]:
         out: Dict[str, object] = {"dataset.n_train": len(self.train), "dataset.n_val": len(self.val),
@@ -177,7 +178,7 @@ def _log_run_start(cfg: PipelineConfig, resolved: Dict, data: _Data, out_dir: Pa
     tags = {
         "pipeline": cfg.name, "task": cfg.task, "output_dir": str(out_dir.resolve()),
         "git_commit": git_commit(Path(__file__).parent) or "none",
-        "dataset.manifest_sha256": manifest_hash(data.cases), **data.tags(),
+        "dataset.manifest_sha256": data.manifest_sha256 or manifest_hash(data.cases), **data.tags(),
         **{f"version.{k}": v for k, v in library_versions().items()}, **env_summary(),
     }
     if dist.distributed:
