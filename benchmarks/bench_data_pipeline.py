@@ -1,7 +1,7 @@
 """Data-loading time vs compute time per training epoch, for several loader settings, on real pipelines.
 
 For each pipeline the training split is discovered and split exactly as ``medpipe.run`` does
-(``medpipe.run._prepare_data``), the training dataset is built with medpipe's ``build_transforms`` /
+(``medpipe.workflow.skeleton.task_for(cfg).prepare()``), the training dataset is built with medpipe's ``build_transforms`` /
 ``build_dataset`` (the YAML's ``transforms.train`` and ``data.cache``, i.e. ``CacheDataset`` for ``cache: memory``)
 and the network, loss and optimizer are the pipeline's own (``build_net``, ``build_loss``, ``build_optimizer``,
 plus ``train.grad_clip_norm``). Every loader setting iterates that same dataset:
@@ -63,12 +63,12 @@ import numpy as np
 import torch
 
 from medpipe.config import load_config
-from medpipe.data.datasets import build_dataset, build_loader
+from medpipe.data.loaders import build_dataset, build_loader
 from medpipe.data.transforms import build_transforms
 from medpipe.engine.optim import build_loss, build_optimizer
 from medpipe.engine.trainer import seed_everything
 from medpipe.nets import build_net
-from medpipe.run import _prepare_data
+from medpipe.workflow.skeleton import task_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ def bench_pipeline(path: str, args, max_batches) -> None:
     cfg = load_config(path, ["train.progress=false", *args.overrides])
     seed_everything(cfg.train.seed)
     device = torch.device(args.device)
-    data = _prepare_data(cfg)
+    data = task_for(cfg).prepare()
     train_cases = data.train
     sample_weights = data.sample_weights
     n_all = len(train_cases)

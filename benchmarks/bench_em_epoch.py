@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from medpipe.config import load_config
-from medpipe.data.datasets import build_dataset, build_loader, discover_cases, split_cases
+from medpipe.data.discovery import discover_cases
+from medpipe.data.loaders import build_dataset, build_loader
+from medpipe.data.splits import split_cases
 from medpipe.data.transforms import build_transforms
 from medpipe.engine.optim import build_loss, build_optimizer
 from medpipe.engine.trainer import build_engines, seed_everything

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from medpipe.config import load_config
-from medpipe.data.datasets import discover_cases
+from medpipe.data.discovery import discover_cases
 from medpipe.data.transforms import build_transforms
 from medpipe.engine.trainer import build_engines, resolve_device, seed_everything
 from medpipe.nets import build_net

@@ -78,7 +78,7 @@ def write_subset(src: Path, dest: Path, n: int, seed: int) -> dict:
 
 def run_arm(subset: Path, seed: int, arm: str, args) -> dict:
     from medpipe.config import load_config
-    from medpipe.run import run_pipeline
+    from medpipe.workflow import run_pipeline
 
     overrides = [
         f"data.list_file={subset}",

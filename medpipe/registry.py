@@ -12,7 +12,7 @@ match.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Generic, Iterable, Iterator, Optional, TypeVar
+from typing import Dict, Generic, Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -108,6 +108,3 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-Factory = Callable[..., object]

@@ -7,6 +7,11 @@ validation metrics (step = epoch), final metrics, plots, and the best model
 everything already logged.
 
 With tracking disabled (``tracking.enabled: false``) every method is a no-op, so callers need no branches.
+
+Read side: :func:`run_output_dir` (a run id's artifact folder, for ``--resume``), :func:`load_model_state_dict`
+(transfer learning) and :func:`fetch_model_run` (:func:`medpipe.runs.load_trained`). They take a tracking URI and
+use ``MlflowClient(tracking_uri=..., registry_uri=...)`` and ``mlflow.artifacts.download_artifacts(...,
+tracking_uri=...)``: MLflow's process-wide URIs are never changed by reading.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ import logging
 import os
 import platform
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Tracker", "library_versions", "git_commit"]
+__all__ = ["Tracker", "library_versions", "git_commit", "client_for", "run_output_dir", "env_summary",
+           "resolve_model_uri", "load_model_state_dict", "fetch_model_run"]
 
 _MAX_PARAM_LEN = 500
 
@@ -254,49 +259,124 @@ def env_summary() -> Dict[str, str]:
     return out
 
 
-@contextmanager
-def _mlflow_uris(tracking_uri: Optional[str]):
-    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for a block, then restore them.
+# ------------------------------------------------------------------------------------------ read side
+def _client(tracking_uri: Optional[str]):
+    """A client bound to ``tracking_uri`` for runs, logged models and the model registry (MLflow's current URIs
+    when ``None``); never changes MLflow's process-wide URIs."""
+    from mlflow import MlflowClient
 
-    ``mlflow.pytorch.load_model`` and ``mlflow.models.get_model_info`` only read the global URIs. Restoring with
-    the public setters would pin the registry to the old tracking URI (an unset registry URI follows the tracking
-    URI), so the module state and the ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` environment variables are
-    saved and put back as they were. With ``tracking_uri`` ``None`` nothing changes.
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri) if tracking_uri else MlflowClient()
+
+
+def _registry_version(client, name: str, ref: str):
+    """The model version of ``models:/<name>/<ref>`` (``ref``: a version number, ``latest`` or a stage) or of
+    ``models:/<name>@<alias>`` (``ref``: ``@alias``)."""
+    if ref.startswith("@"):
+        return client.get_model_version_by_alias(name, ref[1:])
+    if ref.isdigit():
+        return client.get_model_version(name, ref)
+    from mlflow.exceptions import MlflowException
+
+    latest = ref.lower() == "latest"
+    found = (client.search_model_versions(f"name = '{name}'") if latest
+             else client.get_latest_versions(name, stages=[ref]))  # stages are deprecated in MLflow 3
+    if not found:
+        raise MlflowException(f"registered model {name!r} has no version{'' if latest else ' in stage ' + ref}")
+    return max(found, key=lambda mv: int(mv.version))
+
+
+def _run_model_location(client, run_id: str, path: str) -> Optional[str]:
+    """Where the model ``runs:/<run_id>/<path>`` is stored: the artifact location of the MLflow 3 logged model of
+    that name from that run (plus any sub-path), or ``None`` when it is a plain run artifact (MLflow 2 layout)."""
+    name, _, rest = path.partition("/")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    token = None
+    while True:
+        page = client.search_logged_models(experiment_ids=[experiment_id], filter_string=f"name = '{name}'",
+                                           page_token=token)
+        for model in page:
+            if model.source_run_id == run_id:
+                return model.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
+        token = page.token
+        if not token:
+            return None
+
+
+def resolve_model_uri(uri: str, tracking_uri: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """The run that logged a model and where the model's files are stored, through ``MlflowClient``.
+
+    ``mlflow.artifacts.download_artifacts(artifact_uri=..., tracking_uri=...)`` cannot do this for models in
+    MLflow 3.x: ``ModelsArtifactRepository`` (``models:/`` and the logged model behind ``runs:/<id>/model``) looks
+    the model up through the process-wide registry/tracking URIs, ignoring the ``tracking_uri`` argument (checked
+    with MLflow 3.17: "Registered Model with name=... not found" while the global URI points elsewhere).
+
+    Args:
+        uri: ``runs:/<run_id>/<name>[/<path>]``, ``models:/<name>/<version>``, ``models:/<name>/latest``,
+            ``models:/<name>/<stage>``, ``models:/<name>@<alias>`` or ``models:/<model_id>``; any other URI is
+            returned as it is (with run id ``None``).
+        tracking_uri: tracking and registry URI (default MLflow's current one).
+
+    Returns:
+        ``(run_id or None, location)``: ``location`` is a concrete artifact URI or path for
+        ``mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri)``.
+
+    Raises:
+        mlflow.exceptions.MlflowException: the run, model or version does not exist.
     """
-    if not tracking_uri:
-        yield
-        return
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    client = _client(tracking_uri)
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
+        location = _run_model_location(client, run_id, path)
+        return run_id, location or f"runs:/{run_id}/{path}"
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/"):].strip("/")
+        if "/" in ref or "@" in ref:
+            name, sep, version = ref.partition("/") if "/" in ref else ref.rpartition("@")
+            mv = _registry_version(client, name, version if sep == "/" else "@" + version)
+            return mv.run_id, client.get_model_version_download_uri(name, mv.version)
+        model = client.get_logged_model(ref)
+        return model.source_run_id, model.artifact_location
+    return None, uri
 
-    saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None),
-             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
-        for key, value in saved[2].items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+def _download_model(uri: str, dst: Path, tracking_uri: Optional[str]) -> Tuple[Optional[str], str]:
+    """``(run_id, local folder)`` of a model URI downloaded into ``dst``; a local folder is used as it is."""
+    import mlflow
+
+    if Path(uri).is_dir():
+        return None, uri
+    run_id, location = resolve_model_uri(uri, tracking_uri)
+    if location.startswith("runs:/"):  # a model stored as plain run artifacts
+        _, _, path = location[len("runs:/"):].partition("/")
+        return run_id, mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
+                                                           tracking_uri=tracking_uri)
+    return run_id, mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst),
+                                                       tracking_uri=tracking_uri)
+
+
+def _state_dict_of(local_model: str) -> Dict[str, Any]:
+    import mlflow.pytorch
+
+    model = mlflow.pytorch.load_model(local_model, map_location="cpu")
+    logger.info("loaded MLflow model %s (%s)", local_model, type(model).__name__)
+    return model.state_dict()
 
 
 def load_model_state_dict(uri: str, tracking_uri: Optional[str] = None) -> Dict[str, Any]:
     """The state dict of a PyTorch model logged to MLflow, for transfer learning.
 
+    The model is resolved with :func:`resolve_model_uri`, downloaded to a temporary folder with
+    ``mlflow.artifacts.download_artifacts`` and loaded from there, so MLflow's process-wide tracking and registry
+    URIs are never changed.
+
     Args:
         uri: an MLflow model URI, e.g. ``runs:/<run_id>/model`` (as returned by :meth:`Tracker.log_model`),
             ``models:/<name>/<version>``, ``models:/<name>@<alias>``, or a local MLflow model folder.
         tracking_uri: tracking (and registry) URI to resolve ``runs:/`` / ``models:/`` against, e.g.
-            ``sqlite:///mlflow.db``; default MLflow's current one (``MLFLOW_TRACKING_URI``). The global
-            tracking URI is restored afterwards.
+            ``sqlite:///mlflow.db``; default MLflow's current one (``MLFLOW_TRACKING_URI``).
 
     Returns:
-        ``model.state_dict()`` of ``mlflow.pytorch.load_model(uri)`` (tensors on CPU).
+        ``model.state_dict()`` of ``mlflow.pytorch.load_model`` (tensors on CPU).
 
     Raises:
         mlflow.exceptions.MlflowException: the run, model or artifact does not exist (re-raised with the URI and
@@ -306,32 +386,31 @@ def load_model_state_dict(uri: str, tracking_uri: Optional[str] = None) -> Dict[
         ``mlflow.pytorch.load_model`` unpickles the model (its class must be importable): load models only from
         tracking servers you trust.
     """
+    import tempfile
+
     import mlflow
-    import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
     try:
-        with _mlflow_uris(tracking_uri):
-            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        with tempfile.TemporaryDirectory(prefix="medpipe-mlflow-model-") as tmp:
+            return _state_dict_of(_download_model(uri, Path(tmp), tracking_uri)[1])
     except MlflowException as err:
         raise MlflowException(
             f"cannot load MLflow model {uri!r} (tracking URI {tracking_uri or mlflow.get_tracking_uri()}): "
             f"{err.message}"
         ) from err
-    logger.info("loaded MLflow model %s (%s)", uri, type(model).__name__)
-    return model.state_dict()
 
 
 def fetch_model_run(uri: str, dst: Path, tracking_uri: Optional[str] = None,
                     files: tuple = ("config.resolved.yaml", "metrics.json")) -> Dict[str, Any]:
     """The run behind a logged model: its id, some of its artifacts (downloaded), and the model's state dict.
 
-    Used by :mod:`medpipe.serve` and :mod:`medpipe.export` to rebuild a network with the pipeline it was
-    trained with.
+    Used by :func:`medpipe.runs.load_trained` to rebuild a network with the pipeline it was trained with.
+    MLflow's process-wide URIs are never changed (see :func:`load_model_state_dict`).
 
     Args:
         uri: ``runs:/<run_id>/<name>``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
-        dst: folder the artifacts are downloaded into (created).
+        dst: folder the artifacts (and the model, under ``model/``) are downloaded into (created).
         tracking_uri: tracking and registry URI, e.g. ``sqlite:///mlflow.db``; default MLflow's current one.
         files: run artifacts to download (a missing one is reported as ``None``).
 
@@ -347,20 +426,23 @@ def fetch_model_run(uri: str, dst: Path, tracking_uri: Optional[str] = None,
 
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    with _mlflow_uris(tracking_uri):
+    where = f"tracking URI {tracking_uri or mlflow.get_tracking_uri()}"
+    try:
+        run_id, local_model = _download_model(uri, dst / "model", tracking_uri)
+    except MlflowException as err:
+        raise MlflowException(f"cannot resolve MLflow model {uri!r} ({where}): {err.message}") from err
+    if not run_id:
+        raise MlflowException(f"MLflow model {uri!r} has no source run; medpipe needs the run's "
+                              "config.resolved.yaml")
+    found: Dict[str, Optional[Path]] = {}
+    for name in files:
         try:
-            run_id = mlflow.models.get_model_info(uri).run_id
-        except MlflowException as err:
-            raise MlflowException(f"cannot resolve MLflow model {uri!r} (tracking URI "
-                                  f"{tracking_uri or mlflow.get_tracking_uri()}): {err.message}") from err
-        if not run_id:
-            raise MlflowException(f"MLflow model {uri!r} has no source run; medpipe needs the run's "
-                                  "config.resolved.yaml")
-        found: Dict[str, Optional[Path]] = {}
-        for name in files:
-            try:
-                found[name] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
-                                                                       dst_path=str(dst)))
-            except (MlflowException, OSError):
-                found[name] = None
-    return {"run_id": run_id, "files": found, "state_dict": load_model_state_dict(uri, tracking_uri)}
+            found[name] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
+                                                                   dst_path=str(dst), tracking_uri=tracking_uri))
+        except (MlflowException, OSError):
+            found[name] = None
+    try:
+        state = _state_dict_of(local_model)
+    except MlflowException as err:
+        raise MlflowException(f"cannot load MLflow model {uri!r} ({where}): {err.message}") from err
+    return {"run_id": run_id, "files": found, "state_dict": state}

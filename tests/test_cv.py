@@ -9,10 +9,14 @@ import pytest
 import yaml
 
 from medpipe.config import DataConfig, SplitConfig, validate_config
-from medpipe.cv import CVResult, fold_config, summarize_folds
-from medpipe.data.datasets import (DataError, class_counts, cross_validation_folds, discover_cases,
-                                   discover_classification_cases, split_cases, split_classification_cases)
-from medpipe.run import main, run_pipeline
+from medpipe.workflow import RunResult
+from medpipe.workflow.cv import fold_config, summarize_folds
+from medpipe.data.cases import DataError
+from medpipe.data.discovery import discover_cases, discover_classification_cases
+from medpipe.data.loaders import class_counts
+from medpipe.data.splits import cross_validation_folds, split_cases, split_classification_cases
+from medpipe.run import main
+from medpipe.workflow import run_pipeline
 from tests.subsets import first_rows, link_subset, read_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,7 +234,7 @@ def test_segmentation_cross_validates_too(tmp_path, datasets):
                      "artifact_location": str(tmp_path / "mlruns"), "log_model": False},
     })
     result = run_pipeline(cfg)
-    assert isinstance(result, CVResult) and result.kfold == 2 and len(result.folds) == 2
+    assert isinstance(result, RunResult) and result.kfold == 2 and len(result.folds) == 2
     assert [len(json.loads((r.output_dir / "manifest.json").read_text())["val"]) for r in result.folds] == [2, 2]
     dice = [r.metrics["best_val_dice"] for r in result.folds]
     assert result.metrics["cv_mean_best_val_dice"] == pytest.approx(np.mean(dice))

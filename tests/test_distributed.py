@@ -11,7 +11,7 @@ import yaml
 
 from medpipe.config import validate_config
 from medpipe.engine.distributed import DistContext, partition_cases
-from medpipe.run import run_pipeline
+from medpipe.workflow import run_pipeline
 from tests.conftest import link_em
 from tests.test_run_e2e import _cfg_dict
 

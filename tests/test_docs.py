@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from medpipe.config_doc import render
+from medpipe.config.doc import render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_config_reference_is_generated_from_schema():
     committed = (ROOT / "docs" / "config_reference.md").read_text()
     assert committed.strip() == render().strip(), (
-        "docs/config_reference.md is stale: run `python -m medpipe.config_doc > docs/config_reference.md`")
+        "docs/config_reference.md is stale: run `python -m medpipe.config.doc > docs/config_reference.md`")
 
 
 def test_readme_starts_with_the_two_commands_and_they_exist():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medpipe.export import ExportError, export_model, main
-from medpipe.serve.model import load_model
+from medpipe.runs import load_trained
 
 from tests.serve.models import cls_run, mlflow_store, seg_run  # noqa: F401  (fixtures)
 
@@ -30,7 +30,7 @@ def test_classifier_export_round_trip(cls_run, tmp_path, fmt):
     assert v["image"].endswith(".jpeg")
 
     # independently: load the exported file and compare on another real X-ray
-    served = load_model(str(cls_run.output_dir))
+    served = load_trained(str(cls_run.output_dir))
     image = json.loads((cls_run.output_dir / "manifest.json").read_text())["test"][0]["image"]
     x = served.transform({"image": image})["image"][None].float()
     with torch.no_grad():

@@ -39,7 +39,7 @@ def test_lung_seg_run_reports_dice_and_hd95_and_logs_overlays(lung_cfg):
     from monai.metrics import DiceMetric
 
     from medpipe.engine.metric_handlers import HD95Metric
-    from medpipe.run import run_pipeline
+    from medpipe.workflow import run_pipeline
 
     cfg, picked = lung_cfg
     result = run_pipeline(cfg)
@@ -88,7 +88,7 @@ def test_lung_seg_run_reports_dice_and_hd95_and_logs_overlays(lung_cfg):
 
 
 def test_lung_seg_z_score_and_xavier_init(lung_cfg):
-    from medpipe.data.datasets import discover_cases
+    from medpipe.data.discovery import discover_cases
     from medpipe.data.transforms import build_transforms
     from medpipe.nets import build_net
     from medpipe.nets.factory import prepare_net

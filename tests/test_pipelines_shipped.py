@@ -56,7 +56,7 @@ def _small(name: str, datasets: Path, tmp_path: Path, extra=()):
 
 @pytest.mark.parametrize("name", sorted(SUBSETS))
 def test_shipped_pipeline_runs_and_tracks(name, datasets, tmp_path):
-    from medpipe.run import run_pipeline
+    from medpipe.workflow import run_pipeline
 
     extra = ["data.split.kfold=2", "data.split.fold=0"] if name == "mammography" else []
     cfg = _small(name, datasets, tmp_path, extra)
@@ -75,7 +75,7 @@ def test_shipped_pipeline_runs_and_tracks(name, datasets, tmp_path):
 
 def test_shipped_lung_segmentation_pipeline_runs_and_tracks(datasets, tmp_path):
     """``covid_lung_seg``: 3 train and 1 val image of the dataset's own split (data.split_column), one epoch."""
-    from medpipe.run import run_pipeline
+    from medpipe.workflow import run_pipeline
     from tests.subsets import first_rows, link_subset, read_rows
 
     src = datasets / "covid_qu_ex"

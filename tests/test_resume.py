@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from medpipe.config import validate_config
-from medpipe.engine.resume import latest_checkpoint
-from medpipe.run import main, run_pipeline
+from medpipe.runs import latest_checkpoint
+from medpipe.run import main
+from medpipe.workflow import run_pipeline
 from tests.test_run_e2e import _cfg_dict
 
 EPOCHS = 3
@@ -27,7 +28,7 @@ KILLER = textwrap.dedent("""
     from ignite.engine import Events
     import medpipe.engine.trainer as T
     from medpipe.config import load_config
-    from medpipe.run import run_pipeline
+    from medpipe.workflow import run_pipeline
 
     mode = sys.argv[2]
     build = T.build_engines
@@ -146,8 +147,8 @@ def test_resume_by_mlflow_run_id_and_errors(tmp_path, small_em, capsys):
 
 
 def test_resume_refuses_changed_data(tmp_path, small_em):
-    from medpipe.data.datasets import DataError
-    from medpipe.run import find_resume
+    from medpipe.data.cases import DataError
+    from medpipe.workflow import find_resume
 
     d = _config(tmp_path, small_em)
     d["train"]["max_epochs"] = 1

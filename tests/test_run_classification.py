@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from medpipe.config import validate_config
-from medpipe.run import run_pipeline
+from medpipe.workflow import run_pipeline
 from tests.subsets import first_rows, link_subset, read_rows
 
 from pathlib import Path

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from medpipe.config import validate_config
-from medpipe.run import main, run_pipeline
+from medpipe.run import main
+from medpipe.workflow import run_pipeline
 
 LOAD = {"name": "LoadImaged", "keys": ["image", "label"], "reader": "PILReader", "reverse_indexing": False}
 CHAN = {"name": "EnsureChannelFirstd", "keys": ["image", "label"], "channel_dim": "no_channel"}

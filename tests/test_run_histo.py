@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from medpipe.config import validate_config
-from medpipe.data.datasets import DataError, split_classification_cases
-from medpipe.run import run_pipeline
+from medpipe.data.cases import DataError
+from medpipe.data.splits import split_classification_cases
+from medpipe.workflow import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 # (patient, label_idc) -> patches taken; 8863 is the slide's patient, 8975 the demo test sets' patient
@@ -87,7 +88,7 @@ def test_histo_lenet_patients_then_scored_slide_heatmap(tmp_path, small_idc):
     import zarr
     from PIL import Image
 
-    from medpipe.inference.slide import score_heatmap
+    from medpipe.inference.slide_scoring import score_heatmap
 
     heat = zarr.open_group(str(out / "slides" / "patient8863_mosaic_heatmap.zarr"), mode="r")["prob"][1]
     mask = np.asarray(Image.open(small_idc / "reconstructed_region" / "patient8863_patch_label_mask.png"))
@@ -124,7 +125,7 @@ def test_unknown_test_group_is_named(tmp_path, small_idc):
     d = _cfg(tmp_path, small_idc)
     d["data"]["split"]["test_groups"] = ["8863", "9999"]
     cfg = validate_config(d)
-    from medpipe.data.datasets import discover_classification_cases
+    from medpipe.data.discovery import discover_classification_cases
 
     cases, _ = discover_classification_cases(cfg.data)
     with pytest.raises(DataError, match=r"test_groups: group\(s\) \['9999'\] not found"):
@@ -134,7 +135,7 @@ def test_unknown_test_group_is_named(tmp_path, small_idc):
 def test_real_patient_split_of_the_bundled_pipeline(datasets):
     """The histo_lenet split of all 2,112 real rows: 17 patients train/val, patients 8863 + 8975 test."""
     from medpipe.config import load_config
-    from medpipe.data.datasets import discover_classification_cases
+    from medpipe.data.discovery import discover_classification_cases
 
     cfg = load_config(ROOT / "pipelines" / "histo_lenet.yaml")
     cases, classes = discover_classification_cases(cfg.data)

@@ -48,10 +48,12 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one process trains (``world_size > 1``)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes artifacts, checkpoints and the MLflow run."""
         return self.rank == 0
 
     def broadcast(self, obj: Any) -> Any:
@@ -63,6 +65,7 @@ class DistContext:
         return box[0]
 
     def barrier(self) -> None:
+        """Wait until every rank reaches this point (no-op with one process)."""
         if self.distributed:
             torch.distributed.barrier()
 

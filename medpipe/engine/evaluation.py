@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from medpipe.engine import metrics as M
+from medpipe import metrics as M
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def choose_threshold(rule: Union[str, float], val: SplitPredictions) -> Optional
 
     Args:
         rule: a probability (e.g. 0.5) or ``"youden"``: the validation threshold maximising
-            ``sensitivity + specificity - 1`` (:func:`medpipe.engine.metrics.youden_threshold`, Youden 1950).
+            ``sensitivity + specificity - 1`` (:func:`medpipe.metrics.youden_threshold`, Youden 1950).
         val: validation predictions.
 
     Returns:

@@ -2,11 +2,11 @@
 
 Segmentation: Dice is MONAI's ``MeanDice``; HD95 is MONAI's ``HausdorffDistanceMetric`` (percentile 95) with a
 defined score for empty masks (:class:`HD95Metric`); pixel accuracy, V-Rand and V-Info wrap the per-image numpy
-functions of :mod:`medpipe.engine.metrics` in ``monai.metrics.CumulativeIterationMetric`` so that MONAI's
+functions of :mod:`medpipe.metrics.segmentation` in ``monai.metrics.CumulativeIterationMetric`` so that MONAI's
 ``IgniteMetricHandler`` accumulates them (and reduces them across processes) like its own metrics.
 
 Classification: :class:`ClassificationMetric` buffers every case's class probabilities and label and computes the
-named metric over the whole split with :func:`medpipe.engine.metrics.classification_metrics`, the function the
+named metric over the whole split with :func:`medpipe.metrics.classification_metrics`, the function the
 final evaluation uses, so per-epoch and final numbers share one definition. (MONAI's ``ConfusionMatrixMetric``
 "balanced accuracy" is the mean over classes of ``(sensitivity + specificity) / 2``, which differs from the
 multiclass balanced accuracy, the mean recall, of Brodersen et al. 2010 and scikit-learn; the tests check that our
@@ -17,7 +17,6 @@ AUC and per-class sensitivity / specificity / precision equal MONAI's ``compute_
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from typing import Callable, Dict
 
@@ -27,7 +26,8 @@ from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
 from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric
 from monai.metrics.utils import do_metric_reduction
 
-from medpipe.engine import metrics as M
+from medpipe import metrics as M
+from medpipe.config import LOWER_IS_BETTER_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class PerImageMetric(CumulativeIterationMetric):
     """A per-image metric ``fn(pred_index (H, W), label_index (H, W)) -> float`` averaged over images.
 
     Args:
-        fn: the per-image function (from :mod:`medpipe.engine.metrics`).
+        fn: the per-image function (from :mod:`medpipe.metrics.segmentation`).
 
     ``y_pred``/``y``: ``(B, C, H, W)`` one-hot (after ``AsDiscrete``) or ``(B, 1, H, W)`` class indices.
     ``aggregate()`` returns the mean over all images seen as a 0-d float tensor.
@@ -62,6 +62,8 @@ class PerImageMetric(CumulativeIterationMetric):
         return torch.tensor(vals, dtype=torch.float64).reshape(-1, 1)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        """Mean of the per-image values seen since the last reset (NaN values skipped), a 0-d float64 tensor;
+        NaN if no image was seen."""
         data = self.get_buffer()
         if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
             return torch.tensor(float("nan"))
@@ -77,7 +79,7 @@ class HD95Metric(HausdorffDistanceMetric):
     images like MONAI's ``reduction="mean"``. Lower is better (0: the boundaries coincide).
 
     Empty masks, which MONAI scores NaN (and its mean silently skips, so a network that predicts nothing could look
-    better than one that predicts something wrong):
+    better than one that predicts something wrong), get the rule of :func:`medpipe.metrics.score_empty_masks`:
 
     * prediction empty and ground truth not, or the reverse: the image diagonal ``sqrt(sum((s - 1)^2))`` over the
       spatial sizes ``s`` (360.6 px for 256 x 256), the largest distance two pixels of the image can have; as the
@@ -89,6 +91,9 @@ class HD95Metric(HausdorffDistanceMetric):
 
     ``y_pred``/``y``: ``(B, C, H, W[, D])`` one-hot binary tensors (after ``AsDiscrete``; channel 0 background) or
     lists of ``(C, H, W[, D])``. Returns ``(B, C - 1)`` float32 distances from ``__call__``.
+
+    Args:
+        percentile: percentile of the directed boundary distances, in ``[0, 100]``; 95 gives HD95.
     """
 
     def __init__(self, percentile: float = 95.0):
@@ -96,6 +101,7 @@ class HD95Metric(HausdorffDistanceMetric):
                          reduction="mean")
 
     def reset(self) -> None:
+        """Clear the buffered distances and the empty-mask counters."""
         super().reset()
         self.n_one_empty = 0
         self.n_both_empty = 0
@@ -108,18 +114,14 @@ class HD95Metric(HausdorffDistanceMetric):
             warnings.filterwarnings("ignore", message=r".*is all 0, this may result in nan/inf distance")
             warnings.filterwarnings("ignore", message=r".*always_return_as_numpy", category=FutureWarning)
             hd = super()._compute_tensor(y_pred, y, **kwargs)
-        has_pred = torch.as_tensor(y_pred)[:, 1:].flatten(2).sum(-1) > 0  # (B, C - 1)
-        has_true = torch.as_tensor(y)[:, 1:].flatten(2).sum(-1) > 0
-        one_empty = (has_pred != has_true).to(hd.device)
-        both_empty = (~has_pred & ~has_true).to(hd.device)
-        diagonal = math.sqrt(sum((int(s) - 1) ** 2 for s in y_pred.shape[2:]))
-        hd = torch.where(one_empty, torch.full_like(hd, diagonal), hd)
-        hd = torch.where(both_empty, torch.full_like(hd, float("nan")), hd)
-        self.n_one_empty += int(one_empty.sum())
-        self.n_both_empty += int(both_empty.sum())
-        return hd
+        scored = M.score_empty_masks(hd, y_pred, y)
+        self.n_one_empty += scored.n_one_empty
+        self.n_both_empty += scored.n_both_empty
+        return scored.distances
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        """Mean HD95 in pixels over the images with a defined value, a 0-d float32 tensor (NaN if none), with
+        warnings counting the empty-mask images."""
         data = self.get_buffer()
         if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
             return torch.tensor(float("nan"))
@@ -138,30 +140,10 @@ class HD95Metric(HausdorffDistanceMetric):
         return f.reshape(())
 
 
-_last: Dict[str, object] = {"pred": None, "label": None, "scores": None}
-
-
-def _boundary_scores(pred: np.ndarray, label: np.ndarray) -> Dict[str, float]:
-    """V-Rand and V-Info of one image; the V-Info handler reuses the V-Rand handler's result for the same
-    image instead of labelling the connected components twice."""
-    if not (_last["pred"] is not None and np.array_equal(_last["pred"], pred)
-            and np.array_equal(_last["label"], label)):
-        _last.update(pred=pred, label=label, scores=M.rand_and_info_scores(pred > 0, label > 0))
-    return _last["scores"]  # type: ignore[return-value]
-
-
-def _v_rand(pred: np.ndarray, label: np.ndarray) -> float:
-    return _boundary_scores(pred, label)["v_rand"]
-
-
-def _v_info(pred: np.ndarray, label: np.ndarray) -> float:
-    return _boundary_scores(pred, label)["v_info"]
-
-
 _PER_IMAGE: Dict[str, Callable] = {
     "pixel_accuracy": lambda p, t: float(M.pixel_accuracy(p, t)),
-    "v_rand": _v_rand,
-    "v_info": _v_info,
+    "v_rand": M.v_rand,
+    "v_info": M.v_info,
 }
 
 
@@ -181,8 +163,6 @@ def build_seg_metric_handlers(names, key_metric: str):
     Raises:
         ValueError: ``key_metric`` is lower-is-better (``hd95``): the checkpoint handlers keep the highest value.
     """
-    from medpipe.config import LOWER_IS_BETTER_METRICS
-
     if key_metric in LOWER_IS_BETTER_METRICS:
         raise ValueError(f"metrics.key_metric: {key_metric!r} is lower-is-better; the best checkpoint needs a "
                          "higher-is-better metric such as dice")
@@ -218,8 +198,8 @@ class ClassificationMetric(CumulativeIterationMetric):
     Args:
         name: a :class:`medpipe.config.MetricsConfig` classification metric (``accuracy``, ``balanced_accuracy``,
             ``auc``, ``sensitivity``, ``specificity``, ``precision``, ``f1``; see
-            :func:`medpipe.engine.metrics.select_metric`) or ``loss``: the mean unweighted cross-entropy
-            ``-log p(true class)`` (probabilities clipped at 1e-12).
+            :func:`medpipe.metrics.select_metric`) or ``loss``: the mean unweighted cross-entropy
+            ``-log p(true class)`` (probabilities clipped at 1e-12; :func:`medpipe.metrics.mean_cross_entropy`).
         num_classes: ``C``.
 
     ``y_pred``: ``(B, C)`` class probabilities (after softmax); ``y``: ``(B,)`` or ``(B, 1)`` class indices.
@@ -240,14 +220,14 @@ class ClassificationMetric(CumulativeIterationMetric):
         return torch.cat([y_pred.cpu(), y.cpu()], dim=1)  # (B, C + 1)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        """The metric over all cases seen since the last reset, a 0-d float64 tensor; NaN if none was seen."""
         data = self.get_buffer()
         if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
             return torch.tensor(float("nan"))
         data = torch.as_tensor(data, dtype=torch.float64).cpu().numpy()
         if self.name == "loss":
             probs, labels = data[:, : self.num_classes], data[:, self.num_classes].astype(np.int64)
-            p_true = probs[np.arange(len(labels)), labels]
-            return torch.tensor(float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean()), dtype=torch.float64)
+            return torch.tensor(M.mean_cross_entropy(labels, probs), dtype=torch.float64)
         return torch.tensor(M.select_metric(_cls_result(data, self.num_classes), self.name), dtype=torch.float64)
 
 

@@ -25,6 +25,8 @@ class IndexCrossEntropyLoss(nn.Module):
         self.ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``logits`` ``(B, C[, H, W[, D]])`` float against ``label`` class indices ``(B,)`` or
+        ``(B, 1[, H, W[, D]])`` (any integer or float dtype, cast to int64); returns the scalar loss."""
         if label.ndim == logits.ndim:
             label = label[:, 0]
         return self.ce(logits, label.long())
@@ -40,7 +42,7 @@ def build_loss(cfg, class_weights=None) -> nn.Module:
     Args:
         cfg: the loss config.
         class_weights: per-class weights that replace ``cfg.class_weights`` (e.g. ``balanced`` weights computed
-            from the training split by :func:`medpipe.data.datasets.balanced_class_weights`).
+            from the training split by :func:`medpipe.data.loaders.balanced_class_weights`).
 
     Raises:
         ValueError: ``cfg.class_weights`` is ``balanced`` and no computed ``class_weights`` were given.

@@ -26,22 +26,15 @@ from __future__ import annotations
 
 import logging
 import random
-import re
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RNGState", "History", "EpochReseed", "StateAttributes", "latest_checkpoint", "checkpoint_epochs",
-           "epoch_seed",
-           "LATEST_PREFIX", "BEST_PREFIX"]
+__all__ = ["RNGState", "History", "EpochReseed", "StateAttributes", "epoch_seed"]
 
-LATEST_PREFIX = "latest"
-BEST_PREFIX = "best"
-_LATEST_RE = re.compile(rf"^{LATEST_PREFIX}_checkpoint_(\d+)\.pt$")
 
 
 class RNGState:
@@ -51,6 +44,7 @@ class RNGState:
     ``torch.load(weights_only=True)``."""
 
     def state_dict(self) -> Dict[str, Any]:
+        """The generator states (tensors and plain numbers: loadable with ``weights_only=True``)."""
         name, keys, pos, has_gauss, cached = np.random.get_state()
         version, internal, gauss = random.getstate()
         out = {
@@ -65,6 +59,7 @@ class RNGState:
         return out
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the generator states written by :meth:`state_dict`."""
         py = state["python"]
         random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
         n = state["numpy"]
@@ -88,6 +83,8 @@ class History:
         self.data: Dict[str, List[Dict[str, float]]] = {"train": [], "val": []}
 
     def attach(self, trainer, evaluator) -> None:
+        """Record each epoch's ``trainer.state.metrics`` (training) and ``evaluator.state.metrics`` (validation),
+        with the trainer's epoch."""
         from ignite.engine import Events
 
         @trainer.on(Events.EPOCH_COMPLETED)
@@ -103,9 +100,11 @@ class History:
             self.data["val"].append(rec)
 
     def state_dict(self) -> Dict[str, Any]:
+        """``{"train": [record, ...], "val": [record, ...]}`` (copies of the records)."""
         return {k: [dict(r) for r in v] for k, v in self.data.items()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Replace the records by a checkpoint's."""
         for k in list(self.data):
             self.data[k][:] = [dict(r) for r in state.get(k, [])]
 
@@ -117,9 +116,11 @@ class StateAttributes:
         self.obj, self.names = obj, list(names)
 
     def state_dict(self) -> Dict[str, Any]:
+        """The named attributes' values."""
         return {n: getattr(self.obj, n, None) for n in self.names}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Set the named attributes from a checkpoint."""
         for n in self.names:
             if n in state:
                 setattr(self.obj, n, state[n])
@@ -141,7 +142,7 @@ class EpochReseed:
     processes, the random transforms of the dataset directly (``monai.data.utils.set_rnd``). Epoch *e*'s
     samples then depend only on ``(seed, e, rank)``, which is what makes a resumed run repeat an uninterrupted one.
     Worker processes must be re-created every epoch for this (``persistent_workers=False``, as
-    :func:`medpipe.data.datasets.build_loader` does).
+    :func:`medpipe.data.loaders.build_loader` does).
 
     Args:
         loader: a ``torch.utils.data.DataLoader`` built with a ``generator``.
@@ -153,6 +154,7 @@ class EpochReseed:
         self.loader, self.seed, self.rank = loader, int(seed), int(rank)
 
     def attach(self, trainer) -> None:
+        """Re-seed on every ``EPOCH_STARTED`` of ``trainer``."""
         from ignite.engine import Events
 
         trainer.add_event_handler(Events.EPOCH_STARTED, self)
@@ -166,20 +168,3 @@ class EpochReseed:
             from monai.data.utils import set_rnd
 
             set_rnd(self.loader.dataset, s % (2**32))
-
-
-def checkpoint_epochs(checkpoint_dir: Path) -> List[tuple]:
-    """``[(epoch, path)]`` of the ``latest_checkpoint_<epoch>.pt`` files in ``checkpoint_dir``, oldest first.
-    Temporary files of an interrupted save are not ``.pt`` files and are ignored."""
-    found = []
-    for p in Path(checkpoint_dir).glob(f"{LATEST_PREFIX}_checkpoint_*.pt"):
-        m = _LATEST_RE.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
-    """The ``latest_checkpoint_<epoch>.pt`` with the highest epoch in ``checkpoint_dir``, or ``None``."""
-    found = checkpoint_epochs(checkpoint_dir)
-    return found[-1][1] if found else None

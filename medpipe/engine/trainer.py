@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 from ignite.engine import Events
+from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.handlers import (
@@ -31,7 +32,10 @@ from monai.transforms import Activationsd, AsDiscreted, Compose
 
 from medpipe.engine.metric_handlers import build_cls_metric_handlers, build_seg_metric_handlers
 from medpipe.engine.optim import build_loss, build_optimizer, build_scheduler
+from medpipe.engine.resume import EpochReseed, History, RNGState, StateAttributes
+from medpipe.engine.transfer import attach_freeze_schedule
 from medpipe.inference.sliding import build_inferer
+from medpipe.runs import BEST_PREFIX, LATEST_PREFIX, best_checkpoint, checkpoint_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +95,7 @@ class Engines:
         if self.best_saver is not None and self.best_saver.last_checkpoint is not None:
             path = Path(self.best_saver.last_checkpoint)
             return path if path.is_file() else None
-        hits = sorted(self.checkpoint_dir.glob("best_*.pt"), key=lambda p: p.stat().st_mtime)
-        return hits[-1] if hits else None
+        return best_checkpoint(self.checkpoint_dir)
 
     def resume(self, checkpoint: Path) -> int:
         """Load a ``latest_checkpoint_<epoch>.pt`` into every object of :attr:`state`; ``trainer.run()`` then
@@ -106,8 +109,6 @@ class Engines:
         Raises:
             KeyError: the checkpoint lacks an object this run needs (e.g. written with another scheduler).
         """
-        from ignite.handlers import Checkpoint
-
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
         missing = sorted(set(self.state) - set(ckpt))
         if missing:
@@ -123,11 +124,9 @@ class Engines:
                            item.filename)
             saved.remove(item)
         if self.latest_saver is not None:  # rotate the checkpoints already on disk out as new ones are written
-            from medpipe.engine.resume import checkpoint_epochs
-
             self.latest_saver._saved = [Checkpoint.Item(e, p.name) for e, p in checkpoint_epochs(self.checkpoint_dir)]
         keep = {Path(item.filename).name for item in saved}
-        for stale in self.checkpoint_dir.glob("best_*.pt"):
+        for stale in self.checkpoint_dir.glob(f"{BEST_PREFIX}_*.pt"):
             if stale.name not in keep:
                 logger.info("resume: removing %s, written after the checkpoint being resumed", stale.name)
                 stale.unlink()
@@ -291,14 +290,46 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
     Returns:
         :class:`Engines`; :meth:`Engines.resume` loads a latest checkpoint into them.
     """
-    from ignite.handlers import Checkpoint, DiskSaver
-
-    from medpipe.engine.resume import (BEST_PREFIX, LATEST_PREFIX, EpochReseed, History, RNGState,
-                                       StateAttributes)
-
     tc = cfg.train
     device = dist.device if dist is not None else resolve_device(tc.device)
     rank = dist.rank if dist is not None else 0
+    net, train_net, eval_kwargs, train_kwargs = _place_networks(cfg, net, device, dist)
+    optimizer = build_optimizer(cfg.optimizer, net.parameters())
+    scheduler = build_scheduler(cfg.scheduler, optimizer, tc.max_epochs)
+    loss = build_loss(cfg.loss, class_weights).to(device)
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if rank == 0:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    evaluator = build_evaluator(cfg, net, val_loader, device,
+                                handlers=[StatsHandler(iteration_log=False, name="medpipe.val")], **eval_kwargs)
+    trainer = SupervisedTrainer(
+        device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=train_net,
+        optimizer=optimizer, loss_function=loss, amp=eval_kwargs["amp_kwargs"] is not None, **train_kwargs,
+    )
+    history = _attach_training_handlers(cfg, trainer, evaluator, net, train_loader, rank, dist)
+    state = {"net": net, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "history": history,
+             "evaluator": StateAttributes(evaluator.state, ["best_metric", "best_metric_epoch"])}
+    pending = _adopt_scaler(trainer, state)
+    if scheduler is not None:
+        state["scheduler"] = scheduler
+        _attach_scheduler(scheduler, trainer, evaluator, cfg.metrics.key_metric)
+    best, latest = _attach_checkpoints(cfg, trainer, evaluator, net, state, checkpoint_dir)
+    if tc.progress and rank == 0:
+        ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
+    return Engines(trainer, evaluator, net, optimizer, scheduler, checkpoint_dir, device, history, state, best,
+                   latest, pending)
+
+
+def _place_networks(cfg, net: torch.nn.Module, device: torch.device, dist):
+    """The network on ``device`` (channels-last when asked), the network trained (``DistributedDataParallel``,
+    ``torch.compile``) and the engines' keyword arguments.
+
+    Returns:
+        ``(net, train_net, eval_kwargs, train_kwargs)``: ``eval_kwargs`` holds ``amp_kwargs`` (``None`` without
+        AMP) and ``prepare_batch`` for :func:`build_evaluator`; ``train_kwargs`` those of the trainer.
+    """
+    tc = cfg.train
     amp = bool(tc.amp and device.type == "cuda")
     if tc.amp and not amp:
         logger.info("train.amp is on but the device is %s: AMP is used on CUDA only; training in float32", device)
@@ -317,7 +348,7 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
             net, device_ids=[device.index] if device.type == "cuda" else None)
     train_kwargs = dict(engine_kwargs)
     if tc.compile:
-        import torch._inductor.config as inductor_config
+        import torch._inductor.config as inductor_config  # only when compiling: it loads the compiler
 
         # inductor's layout optimisation turns conv activations channels-last, and the backward of replication
         # padding (BasicUNet's UpCat) then returns strides its meta kernel does not predict (torch 2.13: an
@@ -328,62 +359,65 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
         # (static shapes: automatic dynamic shapes mark the channel axis of blocks reused at several widths)
         train_net = torch.compile(train_net, dynamic=False)
         train_kwargs["prepare_batch"] = _prepare_batch(fmt, plain=True)
-    optimizer = build_optimizer(cfg.optimizer, net.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer, tc.max_epochs)
-    loss = build_loss(cfg.loss, class_weights).to(device)
-    key = cfg.metrics.key_metric
+    eval_kwargs = {"amp_kwargs": engine_kwargs.get("amp_kwargs"), "prepare_batch": engine_kwargs.get("prepare_batch")}
+    return net, train_net, eval_kwargs, train_kwargs
 
-    checkpoint_dir = Path(checkpoint_dir)
-    if rank == 0:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = build_evaluator(cfg, net, val_loader, device,
-                                handlers=[StatsHandler(iteration_log=False, name="medpipe.val")],
-                                amp_kwargs=engine_kwargs.get("amp_kwargs"),
-                                prepare_batch=engine_kwargs.get("prepare_batch"))
-    trainer = SupervisedTrainer(
-        device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=train_net,
-        optimizer=optimizer, loss_function=loss, amp=amp, **train_kwargs,
-    )
+
+def _attach_training_handlers(cfg, trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, net, train_loader,
+                              rank: int, dist) -> History:
+    """Per-epoch data re-seeding, epoch statistics, history, backbone freezing, logging, validation and gradient
+    clipping, in the order the later handlers rely on. Returns the attached :class:`History`."""
+    tc = cfg.train
     EpochReseed(train_loader, tc.seed, rank).attach(trainer)
     # first, so that every later handler sees this epoch's loss and lr
     _attach_epoch_loss(trainer, accuracy=cfg.task == "classification", dist=dist)
     history = History()
     history.attach(trainer, evaluator)
     if getattr(tc, "freeze_backbone_epochs", 0):
-        from medpipe.engine.transfer import attach_freeze_schedule
-
         attach_freeze_schedule(trainer, net, tc.freeze_backbone_epochs)
     StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True), iteration_log=False,
                  name="medpipe.train").attach(trainer)
     ValidationHandler(validator=evaluator, interval=tc.val_interval, epoch_level=True).attach(trainer)
     if tc.grad_clip_norm:
         _attach_grad_clip(trainer, tc.grad_clip_norm)
+    return history
 
-    state = {"net": net, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "history": history,
-             "evaluator": StateAttributes(evaluator.state, ["best_metric", "best_metric_epoch"])}
+
+def _adopt_scaler(trainer: SupervisedTrainer, state: dict) -> dict:
+    """MONAI creates the AMP ``GradScaler`` in ``Trainer.run()``: checkpoint it from then on, restoring a resumed
+    one. Returns the dict where :meth:`Engines.resume` leaves a checkpointed scaler state until then."""
     pending: dict = {}
 
     @trainer.on(Events.STARTED)
-    def _adopt_scaler(engine):
-        # MONAI creates the AMP GradScaler in Trainer.run(): checkpoint it from here, restoring a resumed one
+    def _adopt(engine):
         if engine.scaler is not None:
             state["scaler"] = engine.scaler
             if "scaler" in pending:
                 engine.scaler.load_state_dict(pending.pop("scaler"))
-    if scheduler is not None:
-        state["scheduler"] = scheduler
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            LrScheduleHandler(scheduler, print_lr=False,
-                              step_transform=lambda e: e.state.metrics[key]).attach(evaluator)
-        else:
-            LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
+
+    return pending
+
+
+def _attach_scheduler(scheduler, trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, key: str) -> None:
+    """Step the LR scheduler every epoch (``ReduceLROnPlateau``: after each validation, on the key metric)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        LrScheduleHandler(scheduler, print_lr=False, step_transform=lambda e: e.state.metrics[key]).attach(evaluator)
+    else:
+        LrScheduleHandler(scheduler, print_lr=False).attach(trainer)
+
+
+def _attach_checkpoints(cfg, trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, net, state: dict,
+                        checkpoint_dir: Path):
+    """The best-key-metric network checkpoint (after each validation), early stopping, and the resumable latest
+    checkpoint every epoch (both atomic). Returns ``(best, latest)`` ignite ``Checkpoint`` handlers."""
+    key = cfg.metrics.key_metric
     best = Checkpoint({"net": net}, DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
                       filename_prefix=BEST_PREFIX, score_function=stopping_fn_from_metric(key), score_name=key,
                       n_saved=1)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, best)
     state["best"] = best
-    if tc.early_stop_patience:
-        early = EarlyStopHandler(patience=tc.early_stop_patience, score_function=stopping_fn_from_metric(key),
+    if cfg.train.early_stop_patience:
+        early = EarlyStopHandler(patience=cfg.train.early_stop_patience, score_function=stopping_fn_from_metric(key),
                                  trainer=trainer, epoch_level=True)
         early.attach(evaluator)
         state["early_stop"] = early._handler  # ignite EarlyStopping: counter and best score
@@ -393,9 +427,4 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
                         filename_prefix=LATEST_PREFIX, n_saved=2,
                         global_step_transform=lambda engine, _: engine.state.epoch)
     _attach_latest_checkpoint(trainer, latest)
-    if tc.progress and rank == 0:
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
-    return Engines(trainer, evaluator, net, optimizer, scheduler, checkpoint_dir, device, history, state, best,
-                   latest, pending)
+    return best, latest

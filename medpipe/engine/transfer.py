@@ -19,6 +19,8 @@ from typing import Iterable, List, Optional
 
 from torch import nn
 
+from medpipe.nets.pretrained import head_parameter_names
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FreezeBackbone", "attach_freeze_schedule", "freeze_backbone", "is_head", "unfreeze_all"]
@@ -53,8 +55,6 @@ def freeze_backbone(net: nn.Module, head_names: Optional[Iterable[str]] = None) 
         ValueError: ``head_names`` matches no parameter of ``net`` (a typo would otherwise freeze everything).
     """
     if head_names is None:
-        from medpipe.nets.pretrained import head_parameter_names
-
         head_names = head_parameter_names(net)
     head_names = [h.rstrip(".") for h in head_names]
     params = dict(net.named_parameters())

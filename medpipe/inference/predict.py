@@ -42,7 +42,10 @@ def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device, d
         data: ``transform(case)`` when the caller has already computed it (e.g. to check the input shape).
 
     Returns:
-        ``(K, *spatial)`` float32 probabilities.
+        ``(K, *spatial)`` float32 softmax probabilities on the original image's grid.
+
+    Raises:
+        Exception: whatever the transforms raise for an unreadable case.
     """
     from monai.data import MetaTensor
     from monai.transforms import Invertd
@@ -60,8 +63,16 @@ def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device, d
 
 
 def mask_to_uint8(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """A class-index mask as 8-bit pixels: with 2 classes ``0``/``255`` (the input label convention), otherwise the
-    class indices themselves."""
+    """A class-index mask as 8-bit pixels.
+
+    Args:
+        mask: integer class indices, any shape (e.g. ``(H, W)``).
+        num_classes: number of classes ``K``.
+
+    Returns:
+        uint8 array of ``mask``'s shape: with 2 classes ``0``/``255`` (the input label convention), otherwise the
+        class indices themselves.
+    """
     return (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
 
 
@@ -74,6 +85,12 @@ def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = 
         num_classes: with 2 classes a PNG stores ``0``/``255`` (the input label convention); otherwise the
             class indices themselves.
         reference: for NIfTI, an input NIfTI file whose affine is copied (identity if ``None``).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a PNG asked for a mask that is not 2-D.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +115,18 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
 
     With ``save_probabilities`` also ``<stem>_prob.npy``: float32 foreground probability ``(H, W)`` for two
     classes, else all class probabilities ``(K, H, W)``.
+
+    Args:
+        net: network returning logits ``(1, K, *spatial)``.
+        cases: ``{"image": path[, "label": path]}`` records.
+        transform: the inference ``Compose`` (see :func:`predict_case`).
+        inferer: e.g. ``SlidingWindowInferer`` (:func:`medpipe.inference.sliding.build_inferer`).
+        device: torch device.
+        out_dir: output folder (created).
+        num_classes: ``K``; with 2 a PNG stores ``0``/``255``.
+        output_format: ``"png"`` (2-D) or ``"nifti"``.
+        save_probabilities: also write the probabilities as ``.npy``.
+        progress: tqdm progress bar over cases.
 
     Returns:
         One record per case: ``{"image", "label" (if any), "mask", "probabilities" (if saved)}``.

@@ -15,6 +15,13 @@ def build_inferer(cfg):
     (fraction of the window); overlapping outputs are blended with a gaussian importance map
     (``sigma_scale`` of the window size) or uniformly (``constant``). Input ``(B, C, H, W[, D])`` -> network
     output of the same spatial size.
+
+    Args:
+        cfg: the ``infer`` section (``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``, ``sigma_scale``,
+            ``padding_mode``).
+
+    Returns:
+        ``monai.inferers.SlidingWindowInferer``.
     """
     from monai.inferers import SlidingWindowInferer
 

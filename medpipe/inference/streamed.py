@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medpipe.data.patches import BoxCounter
 from medpipe.data.wsi import Slide, read_region, read_thumbnail, slide_from_array
 
 logger = logging.getLogger(__name__)
@@ -205,9 +206,7 @@ def streamed_sliding_window_inference(
 
     counter = None
     if tissue is not None:
-        from medpipe.data.patches import _BoxCounter
-
-        counter = _BoxCounter(*tissue)
+        counter = BoxCounter(*tissue)
 
     with torch.inference_mode():
         K = run(torch.full((1, slide.channels, rh, rw), float(cval) * (intensity_scale or 1.0))).shape[1]

@@ -6,6 +6,11 @@ Each entry takes the validated net config (a pydantic model from :mod:`medpipe.c
 
 from __future__ import annotations
 
+from typing import Optional
+
+from medpipe.nets.init import init_weights
+from medpipe.nets.pretrained import load_pretrained
+from medpipe.nets.weight_sources import MlflowLoader
 from medpipe.registry import Registry
 
 NETS: Registry = Registry("net")
@@ -84,36 +89,35 @@ def build_net(cfg):
     return NETS.get(cfg.name)(cfg)
 
 
-def prepare_net(net, cfg, tracking_uri=None):
+def prepare_net(net, cfg, *, mlflow_loader: Optional[MlflowLoader] = None):
     """Initialise a freshly built network and load its pretrained weights, as its config says.
 
-    Order: ``medpipe.nets.init.init_weights(net, cfg.init)`` first, then
-    ``medpipe.nets.pretrained.load_pretrained(net, cfg.pretrained, ...)``, so that whatever the checkpoint does
+    Order: :func:`medpipe.nets.init.init_weights` with ``cfg.init`` first, then
+    :func:`medpipe.nets.pretrained.load_pretrained` with ``cfg.pretrained``, so that whatever the checkpoint does
     not provide (e.g. a head for another number of classes) keeps the chosen initialisation. ``basic_unet`` has
     ``init`` but no ``pretrained``; a config without a field skips that step.
 
     Args:
         net: the network from :func:`build_net`.
         cfg: its net config.
-        tracking_uri: MLflow tracking URI against which a ``runs:/`` or ``models:/`` source is resolved.
+        mlflow_loader: for a ``runs:/`` / ``models:/`` (or MLflow model folder) ``pretrained`` source: returns the
+            model's state dict given its URI, e.g. ``functools.partial(medpipe.tracking.load_model_state_dict,
+            tracking_uri=cfg.tracking.tracking_uri)``. ``medpipe.nets`` never imports MLflow itself.
 
     Returns:
         ``(net, report)``: ``report`` is the :class:`medpipe.nets.pretrained.LoadReport` or ``None`` when
         nothing was loaded.
 
     Raises:
-        FileNotFoundError, ValueError, medpipe.nets.pretrained.PretrainedDownloadError: from
-            ``load_pretrained`` (missing file, nothing matching, checksum mismatch, offline download).
+        FileNotFoundError, ValueError, medpipe.nets.weight_sources.PretrainedDownloadError: from
+            ``load_pretrained`` (missing file, nothing matching, checksum mismatch, offline download, an MLflow
+            source without ``mlflow_loader``).
     """
     init = getattr(cfg, "init", "default")
     if init != "default":
-        from medpipe.nets.init import init_weights
-
         init_weights(net, init)
     report = None
     source = getattr(cfg, "pretrained", None)
     if source:
-        from medpipe.nets.pretrained import load_pretrained
-
-        report = load_pretrained(net, source, sha256=cfg.pretrained_sha256, tracking_uri=tracking_uri)
+        report = load_pretrained(net, source, sha256=cfg.pretrained_sha256, mlflow_loader=mlflow_loader)
     return net, report

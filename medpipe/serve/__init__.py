@@ -4,12 +4,13 @@
 (``artifacts/<run>/``). The network is rebuilt with the pipeline's own inference transforms from the run's
 ``config.resolved.yaml``, so a served prediction equals ``medpipe.run``'s on the same file.
 
-Modules: :mod:`medpipe.serve.images` (decoding uploads: PNG, JPEG, DICOM), :mod:`medpipe.serve.model` (loading a
-model and predicting one image; needs torch and MONAI, not the web server), :mod:`medpipe.serve.app` (the FastAPI
-app; needs the ``serve`` extra: ``pip install 'medpipe[serve]'``).
+Modules: :mod:`medpipe.serve.images` (decoding uploads: PNG, JPEG, DICOM), :mod:`medpipe.serve.model` (a loaded
+model predicting one image; needs torch and MONAI, not the web server), :mod:`medpipe.serve.previews` (PNGs sent
+back: masks, previews), :mod:`medpipe.serve.app` (the FastAPI app; needs the ``serve`` extra:
+``pip install 'medpipe[serve]'``).
 
-Layering: this package uses ``config``, ``data.transforms``, ``nets``, ``inference`` and ``tracking``; it never
-imports ``medpipe.engine``.
+Layering: a run is loaded through :func:`medpipe.runs.load_trained`; besides ``runs`` this package uses ``config``
+and ``inference``. It never imports ``medpipe.engine``, ``medpipe.workflow`` or ``medpipe.run``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional
 
 from medpipe.logs import configure_cli_logging
+from medpipe.runs import DEFAULT_TRACKING_URI
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="MLflow model URI (runs:/<id>/model, models:/<name>/<version>) or run folder")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI for runs:/ and models:/ (default $MLFLOW_TRACKING_URI or "
-                        "sqlite:///mlflow.db)")
+                        f"{DEFAULT_TRACKING_URI})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from medpipe.serve.images import InputError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServeSettings", "create_app", "STATIC_DIR"]
+__all__ = ["ServeSettings", "create_app", "read_upload", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 _HINT = "medpipe.serve needs the web server extra: pip install 'medpipe[serve]' (fastapi, uvicorn, python-multipart)"
@@ -52,6 +54,65 @@ def _import_fastapi():
     return fastapi
 
 
+async def read_upload(request, limit: int) -> bytes:
+    """The bytes of the ``file`` field of a ``multipart/form-data`` request, read into memory.
+
+    Starlette's own ``request.form(max_part_size=...)`` is not used: in Starlette 1.10 ``max_part_size`` bounds
+    only the parts without a file name, so a 21 MB upload with ``max_part_size`` = 20 MB was accepted (no 413)
+    and, past ``MultiPartParser.spool_max_size`` (1 MB), written to a temporary file on disk (measured); and a
+    malformed form becomes a 400 there (``Request._get_form``), not our 422. Here the body is bounded while it streams in and parsed
+    from memory.
+
+    Args:
+        request: the ``starlette.requests.Request``.
+        limit: largest accepted file in bytes (the body may exceed it by 64 KiB of form overhead).
+
+    Raises:
+        InputError: 413 larger than ``limit``; 415 not a multipart form; 422 malformed form, no ``file`` field, or
+            an empty file.
+    """
+    from starlette.formparsers import MultiPartParser
+
+    ctype = request.headers.get("content-type", "")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit + 64 * 1024:
+        raise InputError(413, f"upload of {int(length)} bytes is larger than the limit of {limit} bytes "
+                         "(--max-upload-mb)")
+    if ctype.startswith("multipart/form-data"):
+        # Parse from memory: the body is bounded above, and no part is spooled to a temporary file.
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit + 64 * 1024:
+                raise InputError(413, f"upload larger than the limit of {limit} bytes (--max-upload-mb)")
+
+        async def _replay():
+            yield bytes(body)
+
+        parser = MultiPartParser(request.headers, _replay(), max_files=1, max_fields=10,
+                                 max_part_size=1024 * 1024)
+        parser.spool_max_size = limit + 1
+        try:
+            form = await parser.parse()
+        except Exception as exc:
+            raise InputError(422, f"malformed multipart form: {exc}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InputError(422, "no file: send the image as multipart form field 'file' "
+                             "(curl -F file=@image.png .../predict)")
+        data = await upload.read()
+        await upload.close()
+    else:
+        raise InputError(415, f"expected a multipart/form-data upload with field 'file', got content type "
+                         f"{ctype or 'none'!r} (curl -F file=@image.png .../predict)")
+    if len(data) > limit:
+        raise InputError(413, f"file of {len(data)} bytes is larger than the limit of {limit} bytes "
+                         "(--max-upload-mb)")
+    if not data:
+        raise InputError(422, "the uploaded file is empty")
+    return data
+
+
 def create_app(model, settings: Optional[ServeSettings] = None):
     """Build the FastAPI app serving ``model``.
 
@@ -69,10 +130,8 @@ def create_app(model, settings: Optional[ServeSettings] = None):
     from fastapi import FastAPI, Query, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
-    from starlette.formparsers import MultiPartParser
-
     from medpipe import __version__
-    from medpipe.serve.images import InputError, decode_upload
+    from medpipe.serve.images import decode_upload
 
     settings = settings or ServeSettings()
     desc = model.describe()
@@ -93,54 +152,15 @@ def create_app(model, settings: Optional[ServeSettings] = None):
 
     @app.get("/health", summary="Liveness and model identity")
     def health() -> Dict[str, Any]:
+        """``{"status": "ok", pipeline, task, uptime_seconds, predictions, rejected}``."""
         return {"status": "ok", "pipeline": desc["pipeline"], "task": desc["task"],
                 "uptime_seconds": round(time.time() - started, 1), **counts}
 
     @app.get("/model", summary="The served pipeline: name, task, classes, metrics of its run, input spec")
     def model_info() -> Dict[str, Any]:
+        """:meth:`ServedModel.describe` with the upload limits."""
         return {**desc, "limits": {"max_upload_bytes": settings.max_upload_bytes,
                                    "max_pixels": settings.max_pixels}}
-
-    async def _read_upload(request: Request) -> bytes:
-        ctype = request.headers.get("content-type", "")
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes
-        if length is not None and length.isdigit() and int(length) > limit + 64 * 1024:
-            raise InputError(413, f"upload of {int(length)} bytes is larger than the limit of {limit} bytes "
-                             "(--max-upload-mb)")
-        if ctype.startswith("multipart/form-data"):
-            # Parse from memory: the body is bounded above, and no part is spooled to a temporary file.
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit + 64 * 1024:
-                    raise InputError(413, f"upload larger than the limit of {limit} bytes (--max-upload-mb)")
-
-            async def _replay():
-                yield bytes(body)
-
-            parser = MultiPartParser(request.headers, _replay(), max_files=1, max_fields=10,
-                                     max_part_size=1024 * 1024)
-            parser.spool_max_size = limit + 1
-            try:
-                form = await parser.parse()
-            except Exception as exc:
-                raise InputError(422, f"malformed multipart form: {exc}") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise InputError(422, "no file: send the image as multipart form field 'file' "
-                                 "(curl -F file=@image.png .../predict)")
-            data = await upload.read()
-            await upload.close()
-        else:
-            raise InputError(415, f"expected a multipart/form-data upload with field 'file', got content type "
-                             f"{ctype or 'none'!r} (curl -F file=@image.png .../predict)")
-        if len(data) > limit:
-            raise InputError(413, f"file of {len(data)} bytes is larger than the limit of {limit} bytes "
-                             "(--max-upload-mb)")
-        if not data:
-            raise InputError(422, "the uploaded file is empty")
-        return data
 
     predict_doc = ("Predict one image. Send it as multipart form field `file` (PNG, JPEG or DICOM Part 10). "
                    "Classifier: `label`, `probabilities`; segmenter: `mask_png` (base64) and `area`. Errors: 413 too "
@@ -151,7 +171,8 @@ def create_app(model, settings: Optional[ServeSettings] = None):
                   "type": "object", "required": ["file"],
                   "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
     async def predict(request: Request, preview: bool = Query(False, description="add the image as preview_png")):
-        data = await _read_upload(request)
+        """:meth:`ServedModel.predict` of the uploaded file (run in a worker thread)."""
+        data = await read_upload(request, settings.max_upload_bytes)
         decoded = decode_upload(data, settings.max_pixels)
         from starlette.concurrency import run_in_threadpool
 
@@ -161,6 +182,7 @@ def create_app(model, settings: Optional[ServeSettings] = None):
 
     @app.get("/", include_in_schema=False)
     def index():
+        """The web page."""
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

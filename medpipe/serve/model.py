@@ -1,10 +1,10 @@
-"""Load a trained pipeline (network + its own inference transforms) and predict one image.
+"""A trained pipeline (network + its own inference transforms) that predicts one uploaded image.
 
-:func:`load_model` accepts
+:func:`load_model` loads the run with :func:`medpipe.runs.load_trained`, which accepts
 
 * an MLflow model URI, ``runs:/<run_id>/model``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``:
   the weights come from the logged model, the pipeline from the run's ``config.resolved.yaml`` and
-  ``metrics.json`` artifacts (through :func:`medpipe.tracking.fetch_model_run`);
+  ``metrics.json`` artifacts;
 * a run's artifact folder, ``<output_dir>/<run>/`` as ``medpipe.run`` writes it (weights from
   ``checkpoints/best_*.pt``, key ``net``), or a downloaded MLflow run artifact folder (weights from its
   ``model/`` MLflow model).
@@ -18,9 +18,6 @@ computes) and the label by the run's operating threshold (two classes, from ``me
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import logging
 import os
 import shutil
@@ -29,128 +26,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
-import yaml
 
-from medpipe.config import PipelineConfig, validate_config
+from medpipe.config import PipelineConfig
+from medpipe.runs import TrainedRun, load_trained
 from medpipe.serve.images import DecodedImage, InputError
+from medpipe.serve.previews import grey_to_rgb_png, png_b64, preview_png
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServedModel", "load_model", "load_run_artifacts", "RunArtifacts", "scratch_dir"]
+__all__ = ["ServedModel", "load_model", "scratch_dir"]
 
-
-@dataclass
-class RunArtifacts:
-    """What a served or exported model is made of.
-
-    Attributes:
-        cfg: the run's validated resolved config.
-        state_dict: the network's weights (CPU tensors).
-        metrics: the run's ``metrics.json`` (``{}`` when absent).
-        source: the model URI or folder it was loaded from.
-        run_id: the MLflow run id, when known.
-        classes: class names in index order (classifiers), else ``None``.
-        threshold: operating threshold on P(class 1) of a two-class classifier, else ``None`` (argmax).
-        manifest: the run's ``manifest.json`` when it was found (used by export to pick a real image).
-    """
-
-    cfg: PipelineConfig
-    state_dict: Dict[str, Any]
-    metrics: Dict[str, Any]
-    source: str
-    run_id: Optional[str] = None
-    classes: Optional[List[str]] = None
-    threshold: Optional[float] = None
-    manifest: Optional[Dict[str, Any]] = None
-
-
-def _read_json(path: Optional[Path]) -> Dict[str, Any]:
-    if path is None or not Path(path).is_file():
-        return {}
-    return json.loads(Path(path).read_text())
-
-
-def _best_checkpoint(folder: Path) -> Optional[Path]:
-    ckpts = sorted((folder / "checkpoints").glob("best_*.pt"), key=lambda p: p.stat().st_mtime)
-    return ckpts[-1] if ckpts else None
-
-
-def _is_uri(source: str) -> bool:
-    return source.startswith(("runs:/", "models:/"))
-
-
-def load_run_artifacts(source: str, tracking_uri: Optional[str] = None) -> RunArtifacts:
-    """Resolve ``source`` to the run's config, weights, metrics and class names.
-
-    Args:
-        source: MLflow model URI or run artifact folder (see the module docstring).
-        tracking_uri: MLflow tracking/registry URI for ``runs:/`` and ``models:/`` (default: the
-            ``MLFLOW_TRACKING_URI`` environment variable, else ``sqlite:///mlflow.db``, medpipe's default store).
-
-    Raises:
-        FileNotFoundError: the folder does not exist or has no ``config.resolved.yaml`` or weights.
-        medpipe.config.ConfigError: the resolved config does not validate with this medpipe version.
-        mlflow.exceptions.MlflowException: the URI cannot be resolved.
-    """
-    import torch
-
-    manifest = None
-    run_id = None
-    if _is_uri(source):
-        from medpipe.tracking import fetch_model_run
-
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-        tmp = Path(tempfile.mkdtemp(prefix="medpipe-model-"))
-        try:
-            got = fetch_model_run(source, tmp, tracking_uri,
-                                  files=("config.resolved.yaml", "metrics.json", "manifest.json"))
-            cfg_path = got["files"]["config.resolved.yaml"]
-            if cfg_path is None:
-                raise FileNotFoundError(f"MLflow run {got['run_id']} of {source} has no config.resolved.yaml "
-                                        "artifact; was it logged by medpipe.run?")
-            cfg_text = cfg_path.read_text()
-            metrics = _read_json(got["files"]["metrics.json"])
-            manifest = _read_json(got["files"]["manifest.json"]) or None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        state, run_id = got["state_dict"], got["run_id"]
-    else:
-        folder = Path(source)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"model {source!r} is neither an MLflow model URI (runs:/<id>/model, "
-                                    "models:/<name>/<version>) nor an existing run artifact folder")
-        cfg_file = folder / "config.resolved.yaml"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{folder} has no config.resolved.yaml: expected a run folder written by "
-                                    "medpipe.run (<output_dir>/<run>/)")
-        cfg_text = cfg_file.read_text()
-        metrics = _read_json(folder / "metrics.json")
-        manifest = _read_json(folder / "manifest.json") or None
-        best = _best_checkpoint(folder)
-        if best is not None:
-            state = torch.load(best, map_location="cpu", weights_only=True)
-            state = state.get("net", state)
-        elif (folder / "model" / "MLmodel").is_file():
-            from medpipe.tracking import load_model_state_dict
-
-            state = load_model_state_dict(str(folder / "model"))
-        else:
-            raise FileNotFoundError(f"{folder} has neither checkpoints/best_*.pt nor an MLflow model in model/")
-    cfg = validate_config(yaml.safe_load(cfg_text), f"{source} (config.resolved.yaml)")
-    classes = threshold = None
-    if cfg.task == "classification":
-        classes = metrics.get("classes") or (manifest or {}).get("classes") or cfg.data.classes
-        if not classes:
-            classes = [f"class_{i}" for i in range(cfg.net.num_classes)]
-            logger.warning("%s: class names not found (metrics.json, manifest.json, data.classes); using %s",
-                           source, classes)
-        thr = metrics.get("threshold")
-        threshold = float(thr) if thr is not None and cfg.net.num_classes == 2 else None
-    return RunArtifacts(cfg, state, metrics, source, run_id, list(classes) if classes else None, threshold,
-                        manifest)
+_GREY_MODES = ("L", "I;16", "I")
 
 
 def scratch_dir() -> str:
@@ -160,14 +49,6 @@ def scratch_dir() -> str:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-def _png_b64(array: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=False)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 @dataclass
 class ServedModel:
     """A trained pipeline ready to predict single images.
@@ -175,47 +56,61 @@ class ServedModel:
     Build it with :func:`load_model`. :meth:`predict` is thread-safe (one prediction at a time).
 
     Attributes:
-        artifacts: :class:`RunArtifacts` it was built from.
-        net: the network in eval mode on ``device``.
-        transform: the pipeline's inference ``Compose`` (starts with its ``LoadImaged``).
-        inferer: ``SlidingWindowInferer`` for segmenters, else ``None``.
-        device: torch device.
+        trained: the :class:`medpipe.runs.TrainedRun` (config, network, transforms, inferer, classes, threshold,
+            metrics, source, run id).
         keep_uploads: folder where each upload is kept (``None``: nothing is kept on disk).
     """
 
-    artifacts: RunArtifacts
-    net: Any
-    transform: Any
-    inferer: Any
-    device: Any
+    trained: TrainedRun
     keep_uploads: Optional[Path] = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def cfg(self) -> PipelineConfig:
-        return self.artifacts.cfg
+        """The run's resolved config."""
+        return self.trained.cfg
 
     @property
     def task(self) -> str:
+        """``classification`` or ``segmentation``."""
         return self.cfg.task
+
+    @property
+    def net(self):
+        """The network in eval mode on :attr:`device`."""
+        return self.trained.net
+
+    @property
+    def transform(self):
+        """The pipeline's inference ``Compose`` (starts with its ``LoadImaged``)."""
+        return self.trained.transform
+
+    @property
+    def inferer(self):
+        """``SlidingWindowInferer`` for segmenters, else ``None``."""
+        return self.trained.inferer
+
+    @property
+    def device(self):
+        """The torch device of :attr:`net`."""
+        return self.trained.device
 
     def describe(self) -> Dict[str, Any]:
         """What ``GET /model`` returns: pipeline name, task, classes, the run's metrics, the input spec."""
-        cfg, art = self.cfg, self.artifacts
-        final = art.metrics.get("final", {})
+        cfg, run = self.cfg, self.trained
+        metrics = run.metrics or {}
         out: Dict[str, Any] = {
-            "pipeline": cfg.name, "task": cfg.task, "source": art.source, "run_id": art.run_id,
-            "net": cfg.net.name, "classes": art.classes, "metrics": final,
+            "pipeline": cfg.name, "task": cfg.task, "source": run.source, "run_id": run.run_id,
+            "net": cfg.net.name, "classes": run.classes, "metrics": metrics.get("final", {}),
             "input": self.input_spec(),
         }
         if cfg.task == "classification":
-            out["threshold"] = art.threshold
+            out["threshold"] = run.threshold
             out["decision_rule"] = self._decision_rule()
             for split in ("test", "val"):
-                if isinstance(art.metrics.get(split), dict):
-                    m = art.metrics[split]
+                if isinstance(metrics.get(split), dict):
                     out.setdefault("evaluated_on", split)
-                    out.setdefault("num_samples", m.get("num_samples"))
+                    out.setdefault("num_samples", metrics[split].get("num_samples"))
         else:
             out["num_classes"] = cfg.net.out_channels
             out["sliding_window"] = {"roi_size": list(cfg.infer.roi_size), "overlap": cfg.infer.overlap,
@@ -234,9 +129,9 @@ class ServedModel:
         }
 
     def _decision_rule(self) -> str:
-        classes = self.artifacts.classes or []
-        if self.artifacts.threshold is not None and len(classes) == 2:
-            return f"{classes[1]} if P({classes[1]}) >= {self.artifacts.threshold:.6g}, else {classes[0]}"
+        classes, thr = self.trained.classes or [], self.trained.threshold
+        if thr is not None and len(classes) == 2:
+            return f"{classes[1]} if P({classes[1]}) >= {thr:.6g}, else {classes[0]}"
         return "the most probable class (argmax)"
 
     # ---------------------------------------------------------------------------------------------- predict
@@ -278,7 +173,7 @@ class ServedModel:
         with torch.inference_mode():
             logits = self.net(torch.as_tensor(image)[None].to(self.device))
             probs = torch.softmax(logits.float(), dim=1)[0].cpu().double().numpy()
-        thr = self.artifacts.threshold
+        thr = self.trained.threshold
         label = int(probs[1] >= thr) if thr is not None and probs.shape[0] == 2 else int(probs.argmax())
         return {"probabilities": probs, "label_index": label}
 
@@ -295,6 +190,42 @@ class ServedModel:
                 return self.predict_file(path)
         finally:
             os.unlink(path)
+
+    def _predict_upload(self, decoded: DecodedImage):
+        """``(raw prediction, conversion note or None)``: a grey image that does not fit a pipeline written for
+        colour files (e.g. ``EnsureChannelFirstd channel_dim: -1`` then ``ToGrayscaled``, for RGB JPEGs) is tried
+        once more with three equal channels."""
+        try:
+            return self._predict_bytes(decoded.data, decoded.suffix), None
+        except InputError as first:
+            if first.status != 422 or decoded.mode not in _GREY_MODES:
+                raise
+            try:
+                raw = self._predict_bytes(grey_to_rgb_png(decoded.data), ".png")
+            except InputError:
+                raise first from None
+            return raw, "grey -> RGB with three equal channels (the pipeline reads colour images)"
+
+    def _classification_body(self, raw: Dict[str, Any]) -> Dict[str, Any]:
+        classes = self.trained.classes
+        return {"label": classes[raw["label_index"]], "label_index": raw["label_index"],
+                "probabilities": {c: float(p) for c, p in zip(classes, raw["probabilities"])},
+                "threshold": self.trained.threshold, "decision_rule": self._decision_rule()}
+
+    def _segmentation_body(self, mask: np.ndarray, spacing) -> Dict[str, Any]:
+        """Mask PNG and areas of a ``(H, W)`` int mask; ``spacing``: ``(row, column)`` mm per pixel or ``None``."""
+        from medpipe.inference.predict import mask_to_uint8
+
+        k = self.cfg.net.out_channels
+        counts = np.bincount(mask.ravel(), minlength=k)  # one pass over the mask
+        fg = int(mask.size - counts[0])
+        px_area = spacing[0] * spacing[1] if spacing else None
+        per_class = {str(c): {"pixels": int(counts[c]), "mm2": float(counts[c] * px_area) if px_area else None}
+                     for c in range(1, k)}
+        return {"mask_png": png_b64(mask_to_uint8(mask, k)), "mask_shape": list(mask.shape),
+                "mask_encoding": "PNG, 0 = class 0, 255 = class 1" if k == 2 else "PNG, pixel = class index",
+                "area": {"foreground_pixels": fg, "foreground_fraction": fg / mask.size,
+                         "foreground_mm2": fg * px_area if px_area else None, "per_class": per_class}}
 
     def predict(self, decoded: DecodedImage, preview: bool = False) -> Dict[str, Any]:
         """Predict a decoded upload; the JSON body of ``POST /predict``.
@@ -316,19 +247,7 @@ class ServedModel:
             InputError: see :meth:`predict_file`.
         """
         t0 = time.perf_counter()
-        converted = None
-        try:
-            raw = self._predict_bytes(decoded.data, decoded.suffix)
-        except InputError as first:
-            # A grey image for a pipeline written for colour files (e.g. EnsureChannelFirstd channel_dim: -1 then
-            # ToGrayscaled, for RGB JPEGs with three equal channels): try again with three equal channels.
-            if first.status != 422 or decoded.mode not in ("L", "I;16", "I"):
-                raise
-            try:
-                raw = self._predict_bytes(_grey_to_rgb_png(decoded.data), ".png")
-            except InputError:
-                raise first from None
-            converted = "grey -> RGB with three equal channels (the pipeline reads colour images)"
+        raw, converted = self._predict_upload(decoded)
         cfg = self.cfg
         spacing = decoded.pixel_spacing_mm
         out: Dict[str, Any] = {
@@ -339,61 +258,13 @@ class ServedModel:
                       **({"converted": converted} if converted else {})},
         }
         if cfg.task == "classification":
-            classes = self.artifacts.classes
-            probs = raw["probabilities"]
-            out.update({"label": classes[raw["label_index"]], "label_index": raw["label_index"],
-                        "probabilities": {c: float(p) for c, p in zip(classes, probs)},
-                        "threshold": self.artifacts.threshold, "decision_rule": self._decision_rule()})
+            out.update(self._classification_body(raw))
         else:
-            mask = raw["mask"]
-            k = cfg.net.out_channels
-            from medpipe.inference.predict import mask_to_uint8
-
-            png = mask_to_uint8(mask, k)
-            counts = np.bincount(mask.ravel(), minlength=k)  # one pass over the mask
-            fg = int(mask.size - counts[0])
-            px_area = spacing[0] * spacing[1] if spacing else None
-            per_class = {str(c): {"pixels": int(counts[c]), "mm2": float(counts[c] * px_area) if px_area else None}
-                         for c in range(1, k)}
-            out.update({"mask_png": _png_b64(png), "mask_shape": list(mask.shape),
-                        "mask_encoding": "PNG, 0 = class 0, 255 = class 1" if k == 2 else "PNG, pixel = class index",
-                        "area": {"foreground_pixels": fg, "foreground_fraction": fg / mask.size,
-                                 "foreground_mm2": fg * px_area if px_area else None, "per_class": per_class}})
+            out.update(self._segmentation_body(raw["mask"], spacing))
         if preview:
-            out["preview_png"] = _preview(decoded)
+            out["preview_png"] = preview_png(decoded)
         out["seconds"] = round(time.perf_counter() - t0, 4)
         return out
-
-
-def _grey_to_rgb_png(data: bytes) -> bytes:
-    """A grey PNG/JPEG re-encoded as an RGB PNG with three equal 8-bit channels."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        if img.mode != "L":
-            arr = np.asarray(img).astype(np.float64)
-            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        rgb = img.convert("RGB")
-    buf = io.BytesIO()
-    rgb.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _preview(decoded: DecodedImage, max_side: int = 1024) -> str:
-    """The upload as a (down-scaled) 8-bit PNG for display, base64."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(decoded.data)) as img:
-        if img.mode not in ("L", "RGB"):
-            arr = np.asarray(img).astype(np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            img = Image.fromarray(np.round((arr - lo) / (hi - lo or 1) * 255).astype(np.uint8)) if arr.ndim == 2 \
-                else img.convert("RGB")
-        img = img.copy()
-        img.thumbnail((max_side, max_side))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def load_model(source: str, tracking_uri: Optional[str] = None, device: str = "cpu",
@@ -402,7 +273,7 @@ def load_model(source: str, tracking_uri: Optional[str] = None, device: str = "c
 
     Args:
         source: ``runs:/<id>/model``, ``models:/<name>/<version>``, ``models:/<name>@<alias>`` or a run folder.
-        tracking_uri: MLflow tracking URI for URIs (see :func:`load_run_artifacts`).
+        tracking_uri: MLflow tracking URI for URIs (default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         keep_uploads: folder to keep a copy of every upload in (default: keep nothing).
 
@@ -410,29 +281,10 @@ def load_model(source: str, tracking_uri: Optional[str] = None, device: str = "c
         :class:`ServedModel`.
 
     Raises:
-        FileNotFoundError, medpipe.config.ConfigError, mlflow.exceptions.MlflowException: see
-            :func:`load_run_artifacts`.
-        RuntimeError: the weights do not fit the network the config describes.
+        FileNotFoundError, medpipe.config.ConfigError, mlflow.exceptions.MlflowException, RuntimeError: see
+            :func:`medpipe.runs.load_trained`.
     """
-    import torch
-
-    from medpipe.data.transforms import build_transforms
-    from medpipe.nets import build_net
-
-    art = load_run_artifacts(source, tracking_uri)
-    cfg = art.cfg
-    net = build_net(cfg.net)
-    try:
-        net.load_state_dict(art.state_dict)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{source}: the weights do not fit net {cfg.net.name!r} of its config: {exc}") from None
-    dev = torch.device(device)
-    net = net.to(dev).eval()
-    transform = build_transforms(cfg.infer_transforms(), "transforms.infer")
-    inferer = None
-    if cfg.task == "segmentation":
-        from medpipe.inference.sliding import build_inferer
-
-        inferer = build_inferer(cfg.infer)
+    trained = load_trained(source, tracking_uri, device)
+    cfg = trained.cfg
     logger.info("serving %s (%s, %s) from %s", cfg.name, cfg.task, cfg.net.name, source)
-    return ServedModel(art, net, transform, inferer, dev, Path(keep_uploads) if keep_uploads else None)
+    return ServedModel(trained, Path(keep_uploads) if keep_uploads else None)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from medpipe.config import DataConfig, SplitConfig
-from medpipe.data.datasets import (DataError, balanced_class_weights, class_counts, discover_classification_cases,
-                                   inverse_frequency_weights, manifest_hash, split_classification_cases,
-                                   verify_cases)
+from medpipe.data.cases import DataError
+from medpipe.data.discovery import discover_classification_cases
+from medpipe.data.integrity import manifest_hash, verify_cases
+from medpipe.data.loaders import balanced_class_weights, class_counts, inverse_frequency_weights
+from medpipe.data.splits import split_classification_cases
 
 KERMANY = dict(root="kermany_pneumonia_cxr", list_file="labels.csv", image_column="path", split_column="split")
 IDC = dict(root="idc_breast_histopathology", list_file="labels.csv", image_column="path", label_column="label_idc",
@@ -124,7 +126,7 @@ def test_class_and_sample_weights():
 def test_weighted_sampler_draws_classes_evenly():
     import torch
 
-    from medpipe.data.datasets import build_loader
+    from medpipe.data.loaders import build_loader
 
     labels = [0] * 90 + [1] * 10
     cases = [{"image": str(i), "label": lab} for i, lab in enumerate(labels)]

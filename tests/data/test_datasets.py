@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from medpipe.config import DataConfig, SplitConfig, TransformSpec
-from medpipe.data.datasets import (DataError, discover_cases, image_shape, manifest_hash, split_cases,
-                                   verify_cases)
+from medpipe.data.cases import DataError
+from medpipe.data.discovery import discover_cases, image_shape
+from medpipe.data.integrity import manifest_hash, verify_cases
+from medpipe.data.splits import split_cases
 from medpipe.data.transforms import build_transforms
 
 

@@ -11,10 +11,10 @@ from medpipe.data.patches import (
     extract_patches,
     grid_patch_coordinates,
     iter_patch_records,
-    main,
     read_manifest,
     tissue_mask,
 )
+from medpipe.data.patches.__main__ import main
 from medpipe.data.wsi import open_slide, read_region
 from medpipe.paths import PROJECT_ROOT
 
@@ -130,7 +130,7 @@ def test_banded_reads_equal_single_patch_reads(datasets, level, random):
 
 
 def test_random_sampling_of_huge_grids_is_uniform(idc, monkeypatch):
-    import medpipe.data.patches as patches
+    import medpipe.data.patches.records as patches
 
     slide, _ = idc
     monkeypatch.setattr(patches, "_PERMUTE_MAX", 10)  # force the rejection-sampling path on a small slide

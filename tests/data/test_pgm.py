@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from medpipe.config import TransformSpec, validate_config
-from medpipe.data.datasets import (DataError, check_reader_support, discover_classification_cases, image_shape,
-                                   verify_cases)
+from medpipe.data.cases import DataError
+from medpipe.data.discovery import check_reader_support, discover_classification_cases, image_shape
+from medpipe.data.integrity import verify_cases
 from medpipe.data.transforms import build_transforms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,12 +84,12 @@ def test_pgm_without_pil_reader_is_a_clear_error_before_loading(datasets, pgm_li
     check_reader_support([{"image": film.replace(".pgm", ".png")}], {"transforms.train": specs})  # PNG: fine
 
     # through the run's data step: the error comes before any training or tracking
-    from medpipe.run import _discover
+    from medpipe.workflow.skeleton import task_for
 
     cfg = _mammography(list_file=str(pgm_list), image_column="file_pgm")
     cfg.transforms.train[0] = specs[0]
     with pytest.raises(DataError, match=r"transforms\.train\[0\] LoadImaged"):
-        _discover(cfg)
+        task_for(cfg).discover()
 
 
 def test_integrity_check_reports_a_truncated_pgm(datasets, tmp_path):

@@ -7,8 +7,9 @@ import logging
 import pytest
 
 from medpipe.config import DataConfig, SplitConfig
-from medpipe.data.datasets import (DataError, cross_validation_folds, discover_cases, split_cases,
-                                   split_segmentation_cases)
+from medpipe.data.cases import DataError
+from medpipe.data.discovery import discover_cases
+from medpipe.data.splits import cross_validation_folds, split_cases, split_segmentation_cases
 
 
 def _cfg(**kw):
@@ -35,7 +36,7 @@ def test_predefined_train_val_split_of_covid_qu_ex(datasets, caplog):
     cfg = _cfg(split={"val_fraction": 0.3})
     cases = discover_cases(cfg)
     assert len(cases) == 600 and {c["split"] for c in cases} == {"train", "val"}
-    with caplog.at_level(logging.WARNING, logger="medpipe.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="medpipe.data.splits"):
         train, val, test = split_segmentation_cases(cases, cfg.split)
     assert "val_fraction is not used" in caplog.text  # the data's own split wins, and says so
     assert (len(train), len(val), test) == (450, 150, [])
@@ -55,7 +56,7 @@ def test_column_values_map_drop_and_test(datasets, tmp_path, caplog):
                split={"column_values": {"train": "train", "val": "val", "holdout": "test"}})
     train, val, test = split_segmentation_cases(discover_cases(cfg), cfg.split)
     assert (len(train), len(val), len(test)) == (4, 2, 1) and "label" not in test[0]
-    with caplog.at_level(logging.WARNING, logger="medpipe.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="medpipe.data.splits"):
         assert split_cases(discover_cases(cfg), cfg.split) == (train, val)
     assert "1 cases of the data's predefined test split" in caplog.text
     dropped = _cfg(list_file=cfg.list_file,

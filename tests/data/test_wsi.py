@@ -144,3 +144,21 @@ def test_tiff_resolution_tags(samples, tmp_path, resolution, unit, expect, backe
     with open_slide(path, backend) as s:  # 72 dpi is a document default, not a microscope resolution
         assert (s.mpp == pytest.approx((expect, expect)) if expect else s.mpp is None)
         np.testing.assert_array_equal(read_region(s, (10, 20), (30, 40)), crop[10:40, 20:60].transpose(2, 0, 1))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom: JFIF marker vs 'RGB' photometric interpretation
+@pytest.mark.parametrize("fragments_per_frame", [1, 2])
+def test_dicom_frames_split_into_fragments(samples, tmp_path, fragments_per_frame):
+    """Frames of several fragments each are joined through the Basic Offset Table (pydicom.encaps)."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    src = samples / "small_dicom_wsi.dcm"
+    ds = pydicom.dcmread(src)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    ds.PixelData = encapsulate(frames, fragments_per_frame=fragments_per_frame, has_bot=True)
+    path = tmp_path / "refragmented.dcm"
+    ds.save_as(path)
+    with open_slide(src, "dicom") as a, open_slide(path, "dicom") as b:
+        assert [len(f) for f in b.backend_state["frames"]] == [fragments_per_frame] * len(frames)
+        np.testing.assert_array_equal(read_region(a, (480, 990), (600, 700)), read_region(b, (480, 990), (600, 700)))

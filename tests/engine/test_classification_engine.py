@@ -1,4 +1,4 @@
-"""Classification metric handler, MONAI cross-checks, final evaluation (threshold), nets and the grey transform."""
+"""Classification metric handler, final evaluation (threshold), nets and the grey transform."""
 
 import logging
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from medpipe.engine import metrics as M
 from medpipe.engine.evaluation import SplitPredictions, choose_threshold, evaluate_classifier
 from medpipe.engine.metric_handlers import ClassificationMetric
 
@@ -41,44 +40,13 @@ def test_handler_multiclass_uses_macro_means_and_warns_for_never_predicted_class
                   [0.6, 0.3, 0.1]])  # argmax [0, 1, 1, 0, 1, 0]: class 2 never predicted
     metric = ClassificationMetric("precision", 3)
     _feed(metric, p, y, batch=4)
-    with caplog.at_level(logging.WARNING, logger="medpipe.engine.metrics"):
+    with caplog.at_level(logging.WARNING, logger="medpipe.metrics.classification"):
         value = float(metric.aggregate())
     assert value == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)  # class 2 precision 0/0 -> 0
     assert "never predicted" in caplog.text and "'2'" in caplog.text
     bal = ClassificationMetric("balanced_accuracy", 3)
     _feed(bal, p, y)
     assert float(bal.aggregate()) == pytest.approx((1 + 1 + 0) / 3)
-
-
-def test_agrees_with_monai_metrics():
-    from monai.metrics import ConfusionMatrixMetric, compute_roc_auc
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 40)
-    logits = rng.normal(size=(40, 3)) + 1.5 * np.eye(3)[y]
-    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    res = M.classification_metrics(y, p)
-    onehot_y = torch.nn.functional.one_hot(torch.tensor(y), 3).float()
-    onehot_p = torch.nn.functional.one_hot(torch.tensor(p.argmax(1)), 3).float()
-    auc = compute_roc_auc(torch.tensor(p), onehot_y, average="macro")
-    assert res["macro_roc_auc"] == pytest.approx(float(auc))
-    for ours, theirs in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("precision", "precision")):
-        cm = ConfusionMatrixMetric(metric_name=theirs, include_background=True, reduction="sum_batch")
-        cm(onehot_p, onehot_y)
-        per_class = cm.aggregate()[0]  # (C,): confusion counts summed over the cases, then per class
-        got = [res["per_class"][str(c)][ours] for c in range(3)]
-        assert got == pytest.approx(per_class.flatten().tolist()), ours
-
-
-def test_flat_metrics_names():
-    res = M.classification_metrics(Y, PROB, class_names=["NORMAL", "PNEUMONIA"], threshold=0.65)
-    flat = M.flat_classification_metrics(res, "test_")
-    assert flat["test_auc"] == pytest.approx(13 / 15) and flat["test_threshold"] == 0.65
-    assert flat["test_specificity"] == pytest.approx(4 / 5) and "test_NORMAL_precision" in flat
-    res3 = M.classification_metrics([0, 1, 2], np.eye(3), class_names=["COVID-19", "Non COVID", "n"])
-    flat3 = M.flat_classification_metrics(res3)
-    assert "threshold" not in flat3 and "Non_COVID_f1" in flat3 and flat3["COVID-19_auc"] == 1.0
-    assert M.select_metric(res3, "sensitivity") == res3["macro_sensitivity"]
 
 
 def test_threshold_chosen_on_val_and_applied_to_test():

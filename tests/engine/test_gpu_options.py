@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medpipe.config import validate_config
-from medpipe.run import run_pipeline
+from medpipe.workflow import run_pipeline
 from tests.test_run_e2e import _cfg_dict
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -6,7 +7,9 @@ import torch
 from PIL import Image
 
 from medpipe.data.wsi import open_slide, read_region
-from medpipe.inference.slide import intensity_range, predict_slide_heatmap, score_heatmap
+from medpipe.inference.slide import predict_slide_heatmap
+from medpipe.inference.slide_scoring import score_heatmap
+from medpipe.inference.slide_settings import IntensityRange, SlideInferSettings
 from medpipe.nets.lenet import LeNet
 
 
@@ -91,19 +94,24 @@ def test_intensity_range_matches_monai():
 
     x = torch.linspace(-20, 300, 50)
     ref = ScaleIntensityRange(0, 255, -1, 1, clip=True)(x)
-    torch.testing.assert_close(intensity_range(0, 255, -1, 1)(x.clone()), torch.as_tensor(ref))
+    torch.testing.assert_close(IntensityRange(0, 255, -1, 1)(x.clone()), torch.as_tensor(ref))
+    ref = ScaleIntensityRange(0, 255, 0, 1, clip=False)(x)
+    torch.testing.assert_close(IntensityRange(0, 255, clip=False)(x.clone()), torch.as_tensor(ref))
+    with pytest.raises(ValueError, match="empty"):
+        IntensityRange(3, 3)
 
 
 def test_predict_real_region(region, tmp_path):
     path, mask = region
     torch.manual_seed(0)
     net = LeNet(in_channels=3, num_classes=2, input_size=28).train()
-    res = predict_slide_heatmap(
-        net, path, roi_size=50, input_size=28, a_min=0, a_max=255, out_dir=tmp_path, sw_batch_size=32,
-        tile_size=1024,
-    )
+    settings = SlideInferSettings(roi_size=50, intensity=IntensityRange(0, 255), sw_batch_size=32, tile_size=1024)
+    res = predict_slide_heatmap(net, path, settings, out_dir=tmp_path, input_size=28)
     assert net.training  # mode restored
     assert res.shape == (2351, 2801) and res.level == 0 and res.mpp is None
+    assert res.settings == {"roi_size": [50, 50], "input_size": [28, 28], "overlap": 0.0, "mode": "constant",
+                            "sw_batch_size": 32, "tile_size": 1024, "activation": "softmax", "min_tissue": 0.0,
+                            "intensity": "[0, 255] -> [0.0, 1.0] clipped"}
     assert res.zarr_path.is_dir() and res.heatmap_png.is_file() and res.overlay_png.is_file()
     w = math.ceil(2801 / 3)  # f = ceil(2801 / 1024) = 3
     for png in (res.heatmap_png, res.overlay_png):
@@ -132,10 +140,39 @@ def test_predict_errors(region, tmp_path):
     path, _ = region
     net = LeNet(input_size=28)
     with pytest.raises(ValueError, match="say how slide intensities are scaled"):
-        predict_slide_heatmap(net, path, roi_size=28, out_dir=tmp_path)
-    with pytest.raises(ValueError, match="not both"):
-        predict_slide_heatmap(net, path, roi_size=28, out_dir=tmp_path, a_min=0, a_max=255, intensity="none")
+        SlideInferSettings(roi_size=28, intensity=None)
+    with pytest.raises(ValueError, match="callable or 'none'"):
+        SlideInferSettings(roi_size=28, intensity="raw")
+    with pytest.raises(ValueError, match="positive int"):
+        SlideInferSettings(roi_size=0, intensity="none")
+    raw = SlideInferSettings(roi_size=28, intensity="none")
     with pytest.raises(FileNotFoundError, match="nope.svs"):
-        predict_slide_heatmap(net, tmp_path / "nope.svs", roi_size=28, out_dir=tmp_path, intensity="none")
+        predict_slide_heatmap(net, tmp_path / "nope.svs", raw, out_dir=tmp_path)
     with pytest.raises(ValueError, match="level 2 is out of range.*0..0"):
-        predict_slide_heatmap(net, path, roi_size=28, out_dir=tmp_path, intensity="none", level=2)
+        predict_slide_heatmap(net, path, dataclasses.replace(raw, level=2), out_dir=tmp_path)
+
+
+def test_settings_from_the_config_section(region, tmp_path):
+    """``cfg.slide_infer`` goes in as it is: every value the pipeline sets reaches the inference."""
+    from medpipe.config import SlideInferConfig
+
+    path, _ = region
+    si = SlideInferConfig(slides=[{"image": str(path)}], roi_size=50, intensity={"a_min": 0, "a_max": 255},
+                          overlap=0.5, mode="gaussian", sigma_scale=0.25, sw_batch_size=7, tile_size=512, level=0,
+                          tissue=False, min_tissue=0.1, tissue_channel="grey", tissue_max_size=512, backend="pil",
+                          class_index=0, thumbnail_size=64, alpha=0.3, resize_mode="bilinear")
+    s = SlideInferSettings.from_config(si)
+    assert s.intensity == IntensityRange(0.0, 255.0, 0.0, 1.0, True)
+    expect = {k: getattr(si, k) for k in ("roi_size", "overlap", "mode", "sigma_scale", "sw_batch_size", "tile_size",
+                                          "level", "mpp", "resize_mode", "class_index", "tissue", "min_tissue",
+                                          "tissue_channel", "tissue_max_size", "backend", "thumbnail_size", "alpha")}
+    assert {k: getattr(s, k) for k in expect} == expect and s.activation == "softmax"
+    si = si.model_copy(update={"overlap": 0.0, "mode": "constant", "tile_size": 4096, "class_index": 1,
+                               "tissue": True, "min_tissue": 0.0, "tissue_channel": "saturation"})
+    torch.manual_seed(0)
+    net = LeNet(in_channels=3, num_classes=2, input_size=28)
+    a = predict_slide_heatmap(net, path, si, out_dir=tmp_path / "a", input_size=28)
+    b = predict_slide_heatmap(net, path, SlideInferSettings.from_config(si), out_dir=tmp_path / "b", input_size=28)
+    assert a.settings == b.settings and a.settings["intensity"] == "[0.0, 255.0] -> [0.0, 1.0] clipped"
+    np.testing.assert_array_equal(a.heatmap(), b.heatmap())
+    assert Image.open(a.heatmap_png).size == (64, 54)

@@ -1,4 +1,4 @@
-"""Pretrained-weight resolution and partial loading (medpipe.nets.pretrained)."""
+"""Pretrained-weight resolution (medpipe.nets.weight_sources) and partial loading (medpipe.nets.pretrained)."""
 
 import functools
 import hashlib
@@ -15,10 +15,13 @@ from torch import nn
 from medpipe.nets.lenet import LeNet
 from medpipe.nets.pretrained import (
     LoadReport,
-    PretrainedDownloadError,
-    default_cache_dir,
     head_parameter_names,
     load_pretrained,
+    plain_names,
+)
+from medpipe.nets.weight_sources import (
+    PretrainedDownloadError,
+    default_cache_dir,
     resolve_pretrained,
 )
 
@@ -262,7 +265,7 @@ def test_mlflow_round_trip(tmp_path):
     import mlflow
 
     from medpipe.config import TrackingConfig
-    from medpipe.tracking import Tracker
+    from medpipe.tracking import Tracker, load_model_state_dict
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = TrackingConfig(tracking_uri=uri, experiment="pretrain", artifact_location=str(tmp_path / "mlruns"))
@@ -271,16 +274,31 @@ def test_mlflow_round_trip(tmp_path):
         model_uri = tracker.log_model(src)
     assert model_uri == f"runs:/{tracker.run_id}/model"
 
-    sd = resolve_pretrained(model_uri)  # MLflow's current tracking URI (set by the tracker)
+    with pytest.raises(ValueError, match=r"runs:/.*is an MLflow model.*mlflow_loader=functools\.partial"):
+        resolve_pretrained(model_uri)  # medpipe.nets never imports MLflow: the caller passes a loader
+    sd = resolve_pretrained(model_uri, mlflow_loader=load_model_state_dict)  # MLflow's current tracking URI
     _assert_same(src.state_dict(), sd, src.state_dict())
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")
     dst = _lenet(num_classes=2, seed=1)
-    report = load_pretrained(dst, model_uri, tracking_uri=uri)
+    loader = functools.partial(load_model_state_dict, tracking_uri=uri)  # as the workflow passes it
+    report = load_pretrained(dst, model_uri, mlflow_loader=loader)
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/elsewhere.db"  # restored
     assert [m[0] for m in report.shape_mismatch] == HEAD and len(report.loaded) == 6
     assert report.source == model_uri
     assert torch.equal(dst.features[0].weight, src.features[0].weight)
+
+
+def test_mlflow_folder_goes_through_the_loader(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors: {}\n")
+    with pytest.raises(ValueError, match="mlflow_loader"):
+        resolve_pretrained(folder)
+    src = _lenet(seed=0)
+    seen = []
+    sd = resolve_pretrained(folder, mlflow_loader=lambda u: seen.append(u) or src.state_dict())
+    assert seen == [str(folder.resolve())] and len(sd) == 8
 
 
 # ------------------------------------------------------------------------------------------------- head
@@ -298,6 +316,24 @@ def test_head_parameter_names():
     assert head_parameter_names(nn.DataParallel(_lenet())) == [f"module.{n}" for n in HEAD]
     with pytest.raises(ValueError, match="no nn.Linear"):
         head_parameter_names(nn.Conv2d(1, 2, 3))
+
+
+def test_plain_names_strip_wrappers_in_order():
+    names = ["module._orig_mod.a", "b", "_orig_mod.module.c", "module.d"]
+    assert list(plain_names(names).items()) == [("a", names[0]), ("b", "b"), ("c", names[2]), ("d", names[3])]
+
+
+def test_prepare_net_passes_the_mlflow_loader(tmp_path):
+    from medpipe.config import LeNetNet
+    from medpipe.nets.factory import build_net, prepare_net
+
+    src = _lenet(num_classes=3, seed=0)
+    cfg = LeNetNet(name="lenet", in_channels=3, num_classes=2, init="xavier_uniform", pretrained="runs:/abc/model")
+    with pytest.raises(ValueError, match="runs:/abc/model"):
+        prepare_net(build_net(cfg), cfg)
+    net, report = prepare_net(build_net(cfg), cfg, mlflow_loader=lambda uri: src.state_dict())
+    assert report.source == "runs:/abc/model" and len(report.loaded) == 6
+    assert torch.equal(net.features[0].weight, src.features[0].weight)
 
 
 def test_report_defaults():

@@ -57,7 +57,7 @@ def seg_run(tmp_path_factory, datasets, mlflow_store):
 
 
 def _train_seg(tmp_path_factory, datasets, mlflow_store):
-    from medpipe.run import run_pipeline
+    from medpipe.workflow import run_pipeline
 
     tmp = tmp_path_factory.mktemp("seg")
     root = link_em(tmp / "em", datasets, 3, 0)
@@ -98,7 +98,7 @@ def cls_run(tmp_path_factory, datasets, mlflow_store):
 
 
 def _train_cls(tmp_path_factory, datasets, mlflow_store):
-    from medpipe.run import run_pipeline
+    from medpipe.workflow import run_pipeline
 
     tmp = tmp_path_factory.mktemp("cls")
     root = tmp / "cxr"

@@ -330,7 +330,7 @@ def test_registered_model_uri_serves_the_same_prediction(cls_run, cls_model, dat
     finally:
         mlflow.set_tracking_uri(previous)
     model = load_model(f"models:/cxr_serve_tiny/{version}", tracking_uri=cls_run.tracking_uri)
-    assert model.artifacts.run_id == cls_run.run_id and model.artifacts.classes == ["NORMAL", "PNEUMONIA"]
+    assert model.trained.run_id == cls_run.run_id and model.trained.classes == ["NORMAL", "PNEUMONIA"]
     data = cxr_files(datasets, "test", "PNEUMONIA", 1, skip=9)[0].read_bytes()
     a = TestClient(create_app(model)).post("/predict", files={"file": ("a.jpeg", data)}).json()
     b = TestClient(create_app(cls_model)).post("/predict", files={"file": ("a.jpeg", data)}).json()

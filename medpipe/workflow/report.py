@@ -1,7 +1,7 @@
 """Run reports: the one-page ``report.md`` of a classification run, its slide-heatmap section, and the per-case
 prediction CSV.
 
-Plain text and CSV only (no torch, no MLflow); :mod:`medpipe.run` calls these after evaluation.
+Plain text and CSV only (no torch, no MLflow); the task workflows call these after evaluation.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ["classification_report_md", "slide_report_md", "write_predictions_csv", "no_nan", "fmt_percent"]
+from medpipe.data.loaders import class_counts
+
+__all__ = ["classification_report_md", "slide_report_md", "write_predictions_csv", "fmt_percent"]
 
 
 def slide_report_md(rows: List[Dict], threshold: float, si) -> str:
@@ -54,17 +56,6 @@ def write_predictions_csv(path: Path, sp, preds, classes: List[str]) -> None:
             w.writerow([img, int(y), classes[int(y)], int(p), classes[int(p)]] + [f"{v:.6f}" for v in prob])
 
 
-def no_nan(x):
-    """NaN -> None, recursively (strict JSON has no NaN)."""
-    if isinstance(x, dict):
-        return {k: no_nan(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [no_nan(v) for v in x]
-    if isinstance(x, float) and x != x:
-        return None
-    return x
-
-
 def fmt_percent(v) -> str:
     """A fraction as a percentage with one decimal (``0.9283`` -> ``"92.8 %"``); ``None``/NaN -> ``"n/a"``."""
     return "n/a" if v is None or v != v else f"{100 * v:.1f} %"
@@ -84,8 +75,6 @@ def classification_report_md(cfg, data, ev: Dict, final: Dict, run_id: Optional[
     Returns:
         Markdown text.
     """
-    from medpipe.data.datasets import class_counts
-
     main = "test" if "test" in ev else "val"
     res = ev[main]
     binary = len(data.classes) == 2

@@ -1,25 +1,23 @@
 """Cross-validation as a protocol: all K folds of one pipeline, one MLflow parent run, one child run per fold.
 
 With ``data.split.kfold: K`` and no ``data.split.fold``, ``python -m medpipe.run`` (and
-:func:`medpipe.run.run_pipeline`) call :func:`run_cross_validation`:
+:func:`medpipe.workflow.run_pipeline`) call :func:`run_cross_validation`:
 
 1. the cases are discovered and integrity-checked once;
 2. a test split (predefined, or ``data.split.test_fraction``) is held out once, before the folds; the rest, the
-   training pool, is cut into K folds (:func:`medpipe.data.datasets.cross_validation_folds`): stratified by class,
+   training pool, is cut into K folds (:func:`medpipe.data.splits.cross_validation_folds`): stratified by class,
    grouped by patient when ``data.group_column`` is set, deterministic given ``data.split.seed``, every pool case
    in exactly one validation fold;
 3. an MLflow **parent run** gets the resolved config, ``manifest.json`` (every fold's train / val cases, the test
    cases, the skipped files) and, at the end, the summary metrics ``cv_mean_<metric>`` and ``cv_std_<metric>``
    over folds of every final metric of the folds (e.g. ``cv_mean_test_accuracy``, ``cv_std_best_val_dice``)
    and ``cv_summary.json`` / ``cv_summary.md`` (a table, one row per fold, then mean and standard deviation);
-4. each fold k is a normal pipeline run (:func:`medpipe.run.run_pipeline` with ``data.split.fold = k``) in
+4. each fold k is a normal pipeline run (:func:`medpipe.workflow.skeleton.run_single` with ``data.split.fold = k``) in
    ``<parent dir>/fold_<k>/``, tracked as a **child run** (``mlflow.start_run(nested=True)``, tag ``fold``,
    name ``<name>-fold<k>``); each fold's best model is evaluated on the same held-out test split.
 
 A fold that crashes ends its child run and the parent run as ``FAILED`` (the parent keeps the summary of the folds
 completed before, and the tag ``cv.failed_fold``); the exception is re-raised and later folds are not run.
-
-Like :mod:`medpipe.run`, this is a wiring module: library modules import neither.
 """
 
 from __future__ import annotations
@@ -28,45 +26,30 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import yaml
 
 from medpipe.config import PipelineConfig, flatten, resolved_dict
-from medpipe.run import RunResult, _discover, _prepare_data, _run_dir, _write_problems, run_pipeline
+from medpipe.data.integrity import manifest_hash
+from medpipe.data.loaders import class_counts
+from medpipe.data.splits import cross_validation_folds
+from medpipe.runs import RunFolder
+from medpipe.tracking import Tracker, env_summary, git_commit, library_versions
+from medpipe.workflow.data import Discovered
+from medpipe.workflow.result import RunResult
+from medpipe.workflow.skeleton import run_single, task_for
 
 logger = logging.getLogger("medpipe.cv")
 
-__all__ = ["CVResult", "run_cross_validation", "summarize_folds", "fold_config"]
-
-
-@dataclass
-class CVResult(RunResult):
-    """What a cross-validation produced; a :class:`medpipe.run.RunResult` of the parent run.
-
-    Attributes:
-        output_dir: the parent run's folder (``fold_<k>/`` inside it are the folds' run folders).
-        metrics: the summary, ``{"cv_mean_<metric>": float, "cv_std_<metric>": float, ...}`` (as logged to the
-            parent run).
-        run_id: the MLflow parent run (``None`` when tracking is disabled).
-        model_uri: always ``None`` (each fold logs its own model; see ``folds[k].model_uri``).
-        folds: the folds' :class:`RunResult`, in fold order (each with its child ``run_id`` and ``metrics``).
-        summary: ``{metric: {"mean": float, "std": float, "n": int}}`` over the folds where the metric is finite.
-        kfold: the number of folds K.
-    """
-
-    folds: List[RunResult] = field(default_factory=list)
-    summary: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    kfold: int = 0
+__all__ = ["run_cross_validation", "summarize_folds", "fold_config"]
 
 
 def summarize_folds(fold_metrics: Sequence[Dict[str, float]]) -> Tuple[Dict[str, float], Dict[str, Dict]]:
     """Mean and standard deviation over folds of each final metric.
 
     Args:
-        fold_metrics: one ``{metric: value}`` dict per fold (a fold's :attr:`RunResult.metrics`).
+        fold_metrics: one ``{metric: value}`` dict per fold (a fold's :attr:`~medpipe.workflow.result.RunResult.metrics`).
 
     Returns:
         ``(flat, summary)``: ``flat = {"cv_mean_<m>": mean, "cv_std_<m>": std}`` for the MLflow parent run and
@@ -152,7 +135,46 @@ def _write_summary(cfg: PipelineConfig, out_dir: Path, folds: List[Tuple[int, Ru
     return [out_dir / "cv_summary.json", out_dir / "cv_summary.md"]
 
 
-def run_cross_validation(cfg: PipelineConfig) -> CVResult:
+def _prepare_folds(cfg: PipelineConfig, parent_cfg: PipelineConfig, out_dir: Path):
+    """Discover once, hold out the test split, cut the folds, prepare each fold's data and write the parent's
+    ``manifest.json``. Returns ``(discovered, folds, test, fold_cfgs, fold_data, manifest_sha256)``."""
+    k = cfg.data.split.kfold
+    task = task_for(cfg)
+    discovered: Discovered = task.discover()
+    folds, test = cross_validation_folds(discovered.cases, cfg.data.split, cfg.task)
+    fold_cfgs = [fold_config(parent_cfg, i) for i in range(k)]
+    fold_data = [task_for(c).prepare(discovered) for c in fold_cfgs]
+    manifest_sha256 = manifest_hash(discovered.cases)  # reads every file's ends: once, for the parent and all folds
+    for data in fold_data:
+        data.manifest_sha256 = manifest_sha256
+    manifest = {"kfold": k, "seed": cfg.data.split.seed, "stratify": cfg.data.split.stratify,
+                "grouped_by": cfg.data.group_column, "test": test, "skipped": discovered.problems,
+                "fold_of": {c["image"]: i for i, (_, val) in enumerate(folds) for c in val},
+                "folds": [{"fold": i, "train": tr, "val": va} for i, (tr, va) in enumerate(folds)]}
+    if discovered.classes is not None:
+        manifest["classes"] = discovered.classes
+    RunFolder(out_dir).write_manifest(manifest)
+    return discovered, folds, test, fold_cfgs, fold_data, manifest_sha256
+
+
+def _parent_tags(cfg: PipelineConfig, out_dir: Path, discovered: Discovered, folds, test,
+                 manifest_sha256: str) -> Dict[str, object]:
+    """MLflow tags of the parent run: protocol, data sizes, per-fold class counts, versions."""
+    classes = discovered.classes
+    tags = {"pipeline": cfg.name, "task": cfg.task, "output_dir": str(out_dir.resolve()), "cv.role": "parent",
+            "cv.kfold": cfg.data.split.kfold, "git_commit": git_commit(Path(__file__).parent) or "none",
+            "dataset.manifest_sha256": manifest_sha256, "dataset.n_pool": len(folds[0][0]) + len(folds[0][1]),
+            "dataset.n_test": len(test), "dataset.n_skipped": len(discovered.problems),
+            **{f"version.{n}": v for n, v in library_versions().items()}, **env_summary()}
+    if classes is not None:
+        tags["dataset.classes"] = ",".join(classes)
+        tags["dataset.class_counts_test"] = class_counts(test, len(classes)).tolist()
+        for i, (_, val) in enumerate(folds):
+            tags[f"dataset.class_counts_fold{i}"] = class_counts(val, len(classes)).tolist()
+    return tags
+
+
+def run_cross_validation(cfg: PipelineConfig) -> RunResult:
     """Train and evaluate every fold of ``data.split.kfold``; one MLflow parent run, a child run per fold.
 
     See the module docstring for the protocol and the artifacts.
@@ -161,70 +183,44 @@ def run_cross_validation(cfg: PipelineConfig) -> CVResult:
         cfg: a validated pipeline with ``data.split.kfold`` set (``data.split.fold`` is ignored: all folds run).
 
     Returns:
-        :class:`CVResult` with the parent run, the per-fold results and the mean / standard deviation summary.
+        :class:`~medpipe.workflow.result.RunResult` of the parent run: ``metrics`` the summary
+        ``{"cv_mean_<metric>", "cv_std_<metric>", "cv_total_seconds"}``, ``folds`` the folds' results in fold
+        order (each with its child ``run_id``), ``summary`` ``{metric: {"mean", "std", "n"}}``, ``kfold`` K and
+        ``model_uri`` ``None`` (each fold logs its own model).
 
     Raises:
         ValueError: ``data.split.kfold`` is not set.
-        medpipe.data.datasets.DataError: bad data, a validation split predefined by the data, or folds that cannot
+        medpipe.data.cases.DataError: bad data, a validation split predefined by the data, or folds that cannot
             be stratified (e.g. a class with fewer cases than folds); nothing is trained or tracked then.
         Any exception of a fold's run: that child run and the parent run are marked ``FAILED``.
     """
-    from medpipe.data import datasets as D
-    from medpipe.tracking import Tracker, env_summary, git_commit, library_versions
-
     k = cfg.data.split.kfold
     if k is None:
         raise ValueError("run_cross_validation needs data.split.kfold (the number of folds), e.g. kfold: 5")
     t0 = time.time()
-    out_dir = _run_dir(cfg)
-    out_dir.mkdir(parents=True)
+    out_dir = RunFolder.create(cfg.output_dir, cfg.tracking.run_name or cfg.name).path
     parent_cfg = cfg.model_copy(deep=True)
     parent_cfg.data.split.fold = None
     resolved = resolved_dict(parent_cfg)
-    (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    RunFolder(out_dir).write_config(resolved)
+    discovered, folds, test, fold_cfgs, fold_data, sha = _prepare_folds(cfg, parent_cfg, out_dir)
 
-    discovered = _discover(cfg)
-    cases, classes, problems = discovered
-    folds, test = D.cross_validation_folds(cases, cfg.data.split, cfg.task)
-    fold_cfgs = [fold_config(parent_cfg, i) for i in range(k)]
-    fold_data = [_prepare_data(c, discovered) for c in fold_cfgs]
-    manifest_sha256 = D.manifest_hash(cases)  # reads every file's ends: once, for the parent and all folds
-    for data in fold_data:
-        data.manifest_sha256 = manifest_sha256
-    manifest = {"kfold": k, "seed": cfg.data.split.seed, "stratify": cfg.data.split.stratify,
-                "grouped_by": cfg.data.group_column, "test": test, "skipped": problems,
-                "fold_of": {c["image"]: i for i, (_, val) in enumerate(folds) for c in val},
-                "folds": [{"fold": i, "train": tr, "val": va} for i, (tr, va) in enumerate(folds)]}
-    if classes is not None:
-        manifest["classes"] = classes
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-    tags = {"pipeline": cfg.name, "task": cfg.task, "output_dir": str(out_dir.resolve()), "cv.role": "parent",
-            "cv.kfold": k, "git_commit": git_commit(Path(__file__).parent) or "none",
-            "dataset.manifest_sha256": manifest_sha256, "dataset.n_pool": len(folds[0][0]) + len(folds[0][1]),
-            "dataset.n_test": len(test), "dataset.n_skipped": len(problems),
-            **{f"version.{n}": v for n, v in library_versions().items()}, **env_summary()}
-    if classes is not None:
-        tags["dataset.classes"] = ",".join(classes)
-        tags["dataset.class_counts_test"] = D.class_counts(test, len(classes)).tolist()
-        for i, (_, val) in enumerate(folds):
-            tags[f"dataset.class_counts_fold{i}"] = D.class_counts(val, len(classes)).tolist()
     tracking = parent_cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or f"{cfg.name}-cv{k}"})
     tracker = Tracker(tracking, cfg.name)
     done: List[Tuple[int, RunResult, Dict]] = []
     with tracker:
         tracker.log_params(flatten(resolved))
-        tracker.set_tags(tags)
-        tracker.log_artifact(out_dir / "config.resolved.yaml")
-        tracker.log_artifact(out_dir / "manifest.json")
-        problems_file = _write_problems(problems, out_dir)
+        tracker.set_tags(_parent_tags(cfg, out_dir, discovered, folds, test, sha))
+        tracker.log_artifact(RunFolder(out_dir).config_file)
+        tracker.log_artifact(RunFolder(out_dir).manifest_file)
+        problems_file = RunFolder(out_dir).write_problems(discovered.problems)
         if problems_file is not None:
             tracker.log_artifact(problems_file)
         try:
             for i, (fcfg, data) in enumerate(zip(fold_cfgs, fold_data)):
                 logger.info("cross-validation %s: fold %d of %d (%d train / %d val / %d test)", cfg.name, i + 1, k,
                             len(data.train), len(data.val), len(data.test))
-                result = run_pipeline(fcfg, out_dir=out_dir / f"fold_{i}", data=data)
+                result = run_single(fcfg, out_dir=out_dir / f"fold_{i}", data=data)
                 sizes = {"n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
                 done.append((i, result, sizes))
                 cols = _table_columns(cfg, bool(test), list(result.metrics))
@@ -243,5 +239,5 @@ def run_cross_validation(cfg: PipelineConfig) -> CVResult:
         tracker.log_metrics(flat)
         for path in _write_summary(cfg, out_dir, done, flat, summary, len(test), None):
             tracker.log_artifact(path)
-    return CVResult(out_dir, flat, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None, None,
-                    {}, time.time() - t0, folds=[r for _, r, _ in done], summary=summary, kfold=k)
+    return RunResult(out_dir, flat, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None, None,
+                     {}, time.time() - t0, folds=[r for _, r, _ in done], summary=summary, kfold=k)

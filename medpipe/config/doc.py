@@ -1,19 +1,21 @@
 """Generate the config reference (Markdown) from the pydantic schema.
 
-``python -m medpipe.config_doc > docs/config_reference.md``. A test checks that the committed page equals
+``python -m medpipe.config.doc > docs/config_reference.md``. A test checks that the committed page equals
 this output, so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
 from typing import List
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from medpipe import config as C
+from medpipe.config.pipeline import PipelineConfig
+from medpipe.config.transforms import TransformSpec
 
 
 def _type_name(tp) -> str:
@@ -51,7 +53,7 @@ def _models() -> List[type]:
                 if inspect.isclass(tp) and issubclass(tp, BaseModel):
                     visit(tp)
 
-    visit(C.PipelineConfig)
+    visit(PipelineConfig)
     return order
 
 
@@ -75,7 +77,7 @@ def _default(field) -> str:
 def render() -> str:
     """The reference page as Markdown: one table per config model, in the order they appear."""
     out = ["# Pipeline config reference", "",
-           "Generated from `medpipe/config.py` by `python -m medpipe.config_doc`; do not edit by hand.", "",
+           "Generated from `medpipe/config/` by `python -m medpipe.config.doc`; do not edit by hand.", "",
            "Unknown keys are errors. Transforms are MONAI dictionary transforms by class name with their keyword",
            "arguments (checked against the class signature); see `pipelines/em_unet.yaml` for a complete file.", ""]
     for model in _models():
@@ -84,7 +86,7 @@ def render() -> str:
         doc = inspect.cleandoc(model.__doc__ or "")
         if doc:
             out.extend([doc, ""])
-        if model is C.TransformSpec:
+        if model is TransformSpec:
             out.extend(["| key | type | default | description |", "|---|---|---|---|",
                         "| `name` | str | **required** | MONAI dictionary transform class name |",
                         "| *any other* | | | keyword arguments of that transform |", ""])
@@ -98,4 +100,4 @@ def render() -> str:
 
 
 if __name__ == "__main__":
-    print(render())
+    sys.stdout.write(render() + "\n")

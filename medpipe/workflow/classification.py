@@ -1,0 +1,120 @@
+"""Classification runs: images with class labels (class folders or a list file), split by patient when a group
+column exists; after training the best checkpoint is evaluated on validation (where the operating threshold is
+chosen) and on the held-out test split, with ``report.md``, per-image prediction tables and plots."""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from medpipe.data.cases import DataError
+from medpipe.data.discovery import check_reader_support, discover_classification_cases
+from medpipe.data.integrity import verify_cases
+from medpipe.data.loaders import balanced_class_weights, build_loader, inverse_frequency_weights
+from medpipe.data.splits import split_classification_cases
+from medpipe.engine.evaluation import evaluate_classifier, predict_classifier
+from medpipe.metrics import flat_classification_metrics
+from medpipe.workflow.data import Discovered, PreparedData
+from medpipe.workflow.plots import plot_confusion, plot_learning_curves, plot_misclassified, plot_roc
+from medpipe.workflow.report import classification_report_md, write_predictions_csv
+from medpipe.workflow.tasks import Outcome, RunState, Task, best_epoch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClassificationTask"]
+
+
+class ClassificationTask(Task):
+    """Classification (``task: classification``): cases ``{"image": path, "label": class index[, "group"]}``.
+
+    Finishing (:meth:`finish`): class probabilities of the best checkpoint on validation and test; the operating
+    threshold (``metrics.threshold``: 0.5, a number, or Youden's J chosen on validation) applied unchanged to
+    test; metrics ``best_val_<m>`` and ``test_<m>``; ``predictions/<split>.csv``; plots (learning curves, ROC,
+    confusion matrices, misclassified images); ``report.md``.
+    """
+
+    name = "classification"
+
+    def discover(self) -> Discovered:
+        """Cases and class names under ``data.root``; reader and integrity checks.
+
+        Raises:
+            DataError: the number of classes found differs from ``net.num_classes``.
+        """
+        cfg = self.cfg
+        cases, classes = discover_classification_cases(cfg.data)
+        if len(classes) != cfg.net.num_classes:
+            raise DataError(f"the data under data.root {cfg.data.root!r} has {len(classes)} classes {classes} "
+                            f"but net.num_classes is {cfg.net.num_classes}; set data.classes or net.num_classes")
+        check_reader_support(cases, {"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val})
+        problems = []
+        if cfg.data.verify:
+            cases, problems = verify_cases(cases, cfg.data.on_bad_image)
+        return Discovered(cases, classes, problems)
+
+    def split(self, discovered: Discovered) -> PreparedData:
+        """Train / val / test by ``data.split`` (stratified, grouped by ``data.group_column``), with balanced
+        class weights (``loss.class_weights: balanced``) and sampling weights (``data.sampler: weighted``)."""
+        cfg, classes = self.cfg, discovered.classes
+        train, val, test = split_classification_cases(discovered.cases, cfg.data.split)
+        data = PreparedData(discovered.cases, train, val, test, discovered.problems, classes)
+        if cfg.loss.class_weights == "balanced":
+            data.class_weights = balanced_class_weights(train, classes)
+            logger.info("balanced class weights %s", dict(zip(classes, data.class_weights)))
+        if cfg.data.sampler == "weighted":
+            data.sample_weights = inverse_frequency_weights(train, len(classes))
+        return data
+
+    def train_loader(self, dataset, n_cases: int, sample_weights: Optional[List[float]] = None):
+        """Shuffled (or weighted-sampled) training batches; the last incomplete batch is dropped when there is
+        more than one batch (a last batch of one sample would break batch norm)."""
+        cfg = self.cfg
+        return build_loader(dataset, cfg.train.batch_size, True, cfg.data.num_workers, cfg.train.seed,
+                            sample_weights=sample_weights, loader=cfg.data.loader,
+                            drop_last=n_cases > cfg.train.batch_size)
+
+    def partition_weights(self, data: PreparedData, cases: List[Dict]) -> Optional[List[float]]:
+        """Weighted sampling under DDP: inverse class frequencies within this rank's share of the training cases."""
+        if self.cfg.data.sampler != "weighted":
+            return None
+        return inverse_frequency_weights(cases, len(data.classes or []))
+
+    def finish(self, state: RunState) -> Outcome:
+        """Evaluate the best checkpoint on val (threshold chosen there) and test; predictions, plots, report."""
+        cfg, engines, data = self.cfg, state.engines, state.data
+        amp = bool(cfg.train.amp and engines.device.type == "cuda")
+        splits = {"val": predict_classifier(engines.net, state.val_loader, engines.device, amp)}
+        if data.test:
+            splits["test"] = predict_classifier(engines.net, state.eval_loader(data.test, "test"), engines.device,
+                                                amp)
+        ev = evaluate_classifier(splits, data.classes, cfg.metrics.threshold)
+        final: Dict[str, float] = {}
+        for name in splits:
+            final.update(flat_classification_metrics(ev[name], "best_val_" if name == "val" else "test_"))
+        final["best_epoch"] = float(best_epoch(state.tracker.history, cfg.metrics.key_metric))
+        final["epochs"] = float(engines.trainer.state.epoch)
+        final["train_seconds"] = state.train_seconds
+        self._write_predictions(state, splits, ev)
+        sections = {"classes": data.classes, "threshold": ev["threshold"], "threshold_rule": ev["threshold_rule"],
+                    "key_metric": cfg.metrics.key_metric, **{n: ev[n] for n in splits}}
+        report = classification_report_md(cfg, data, ev, final, state.tracker.run_id)
+        return Outcome(final, sections, report, artifacts=["report.md", "plots", "predictions"])
+
+    def _write_predictions(self, state: RunState, splits: Dict, ev: Dict) -> None:
+        """``predictions/<split>.csv`` and the plots of every split."""
+        cfg, classes = self.cfg, state.data.classes
+        pred_dir, plots = state.folder.predictions_dir, state.folder.plots_dir
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        thr = ev["threshold"]
+        for name, sp in splits.items():
+            preds = (sp.probs[:, 1] >= thr).astype(np.int64) if thr is not None else sp.probs.argmax(1)
+            write_predictions_csv(pred_dir / f"{name}.csv", sp, preds, classes)
+            plot_confusion(ev[name]["confusion_matrix"], classes, plots / f"confusion_{name}.png",
+                           title=f"{cfg.name}: {name} (n={len(sp.labels)})")
+            plot_misclassified(sp.images, sp.labels, preds, sp.probs, classes, plots / f"misclassified_{name}.png",
+                               cfg.report.max_misclassified, title=f"misclassified, {name}")
+        plot_learning_curves(state.tracker.history, plots / "learning_curves.png", cfg.metrics.key_metric, cfg.name)
+        plot_roc({n: (sp.labels, sp.probs) for n, sp in splits.items()}, classes, plots / "roc.png",
+                 {n: thr for n in splits})
