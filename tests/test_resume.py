@@ -26,12 +26,12 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     import torch
     from ignite.engine import Events
-    import medpipe.engine.trainer as T
+    import medpipe.workflow.skeleton as S
     from medpipe.config import load_config
     from medpipe.workflow import run_pipeline
 
     mode = sys.argv[2]
-    build = T.build_engines
+    build = S.build_engines
 
     def build_and_arm(*args, **kwargs):
         engines = build(*args, **kwargs)
@@ -55,7 +55,7 @@ KILLER = textwrap.dedent("""
             torch.save = save_then_die
         return engines
 
-    T.build_engines = build_and_arm
+    S.build_engines = build_and_arm  # where the run skeleton looks it up
     run_pipeline(load_config(sys.argv[1]))
 """)
 

@@ -38,6 +38,14 @@ class DistContext:
     """Where this process stands: ``rank`` of ``world_size`` processes, its ``device`` and ``backend``.
 
     With one process (no ``torchrun``) ``world_size`` is 1, ``rank`` 0 and every collective is a no-op.
+    Built by :func:`init_distributed`.
+
+    Attributes:
+        rank: global rank of this process, ``0 .. world_size - 1`` (``RANK``).
+        world_size: number of processes (``WORLD_SIZE``); 1 without ``torchrun`` and after :meth:`close`.
+        local_rank: rank on this node (``LOCAL_RANK``); the CUDA device index under ``nccl``.
+        device: where this process trains (``cuda:<local_rank>`` under ``nccl``, else the resolved device).
+        backend: ``"nccl"``, ``"gloo"``, or ``""`` with one process.
     """
 
     rank: int = 0
@@ -57,7 +65,16 @@ class DistContext:
         return self.rank == 0
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (``torch.distributed.broadcast_object_list``; pickled, so keep it small)."""
+        """Rank 0's ``obj`` on every rank (``torch.distributed.broadcast_object_list``).
+
+        A collective: every rank must call it. The object is pickled, so keep it small (e.g. a run folder path).
+
+        Args:
+            obj: any picklable object; only rank 0's value is used.
+
+        Returns:
+            rank 0's ``obj`` (``obj`` itself with one process).
+        """
         if not self.distributed:
             return obj
         box = [obj if self.is_main else None]
@@ -70,7 +87,17 @@ class DistContext:
             torch.distributed.barrier()
 
     def all_reduce_sum(self, values: Sequence[float]) -> List[float]:
-        """Element-wise sum of ``values`` over ranks (float64)."""
+        """Element-wise sum of ``values`` over ranks, computed in float64.
+
+        A collective: every rank must call it with the same number of values (e.g. an epoch's loss sum and
+        sample count). Under ``nccl`` the tensor goes through this rank's GPU, under ``gloo`` through the CPU.
+
+        Args:
+            values: numbers of this rank.
+
+        Returns:
+            the sums as Python floats, same length as ``values`` (``values`` as floats with one process).
+        """
         if not self.distributed:
             return [float(v) for v in values]
         t = torch.tensor([float(v) for v in values], dtype=torch.float64,
@@ -79,7 +106,11 @@ class DistContext:
         return t.tolist()
 
     def close(self) -> None:
-        """Leave the process group (all ranks must call it); afterwards this process works alone."""
+        """Leave the process group (all ranks must call it); afterwards this process works alone.
+
+        Also resets ignite's cached distributed state (``ignite.distributed.finalize``), so MONAI metrics computed
+        later in this process do not try to all-gather. Sets ``world_size`` to 1 and ``backend`` to ``""``.
+        """
         if self.distributed and torch.distributed.is_initialized():
             import ignite.distributed as idist
 
@@ -101,7 +132,10 @@ def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -
     Args:
         device_name: ``train.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; under ``torchrun`` a CUDA device is
             always ``cuda:<LOCAL_RANK>``).
-        timeout_minutes: collective timeout.
+        timeout_minutes: collective timeout, minutes.
+
+    Returns:
+        this process's :class:`DistContext` (``world_size`` 1 without ``torchrun``).
 
     Raises:
         RuntimeError: ``train.device`` asks for CUDA but none is available, or there are fewer GPUs than processes
@@ -141,6 +175,9 @@ def partition_cases(cases: Sequence[dict], ctx: DistContext, seed: int, even: bo
         seed: shuffle seed (the same on every rank, so the partitions are disjoint).
         even: pad by repeating cases so every rank gets the same count (training: equal step counts keep the
             ranks' gradient all-reduces in lockstep); without it the shares differ by at most one (validation).
+
+    Returns:
+        this rank's cases (a new list; the same dicts, not copies).
     """
     if not ctx.distributed:
         return list(cases)

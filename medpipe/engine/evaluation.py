@@ -48,16 +48,17 @@ def _paths(batch: Dict, n: int) -> List[str]:
 @torch.inference_mode()
 def predict_classifier(net: torch.nn.Module, loader, device: Union[str, torch.device],
                        amp: bool = False) -> SplitPredictions:
-    """Class probabilities of every case in ``loader``.
+    """Class probabilities of every case in ``loader``, under ``torch.inference_mode()``.
 
     Args:
-        net: classifier returning logits ``(B, C)``; put in eval mode here.
-        loader: batches ``{"image": (B, C_in, H, W) MetaTensor, "label": (B,)}`` (not shuffled).
-        device: torch device.
-        amp: autocast on CUDA.
+        net: classifier returning logits ``(B, C)``; put in eval mode here (and left in it).
+        loader: batches ``{"image": (B, C_in, H, W) MetaTensor, "label": (B,) or (B, 1)}`` (not shuffled).
+        device: torch device the images are moved to (``net`` must already be there).
+        amp: autocast on CUDA (ignored on CPU); probabilities are computed in float32 from the logits.
 
     Returns:
-        :class:`SplitPredictions` (paths from the image meta-data ``filename_or_obj``).
+        :class:`SplitPredictions`: ``labels`` ``(N,)`` int64, ``probs`` ``(N, C)`` float64 softmax, and paths from
+        the image meta-data ``filename_or_obj`` (``""`` when the batch has none), in loader order.
     """
     device = torch.device(device)
     net.eval()
@@ -84,6 +85,10 @@ def choose_threshold(rule: Union[str, float], val: SplitPredictions) -> Optional
     Returns:
         The threshold, or ``None`` for more than two classes (argmax). Falls back to 0.5 with a warning when the
         validation split lacks one of the two classes (the ROC curve is then undefined).
+
+    Raises:
+        ValueError: ``rule`` is neither ``"youden"`` nor convertible to a float (two-class case only; the config
+            section validates it first).
     """
     if val.probs.shape[1] != 2:
         return None
@@ -105,7 +110,11 @@ def evaluate_classifier(splits: Dict[str, SplitPredictions], class_names: Sequen
         threshold_rule: see :func:`choose_threshold`.
 
     Returns:
-        ``{"threshold": float | None, "threshold_rule": str, "<split>": classification_metrics(...)}``.
+        ``{"threshold": float | None, "threshold_rule": str, "<split>": classification_metrics(...)}``, one entry
+        per split (:func:`medpipe.metrics.classification_metrics`).
+
+    Raises:
+        KeyError: ``splits`` has no ``"val"``.
     """
     thr = choose_threshold(threshold_rule, splits["val"])
     out: Dict[str, Any] = {"threshold": thr, "threshold_rule": str(threshold_rule)}

@@ -46,11 +46,15 @@ def _to_index(x: torch.Tensor) -> np.ndarray:
 class PerImageMetric(CumulativeIterationMetric):
     """A per-image metric ``fn(pred_index (H, W), label_index (H, W)) -> float`` averaged over images.
 
-    Args:
-        fn: the per-image function (from :mod:`medpipe.metrics.segmentation`).
+    Each image of a batch is reduced to an ``(H, W)`` int64 class-index map (argmax over a one-hot channel axis)
+    before ``fn`` sees it; the per-image values are buffered as float64 and reduced across processes by MONAI.
 
-    ``y_pred``/``y``: ``(B, C, H, W)`` one-hot (after ``AsDiscrete``) or ``(B, 1, H, W)`` class indices.
-    ``aggregate()`` returns the mean over all images seen as a 0-d float tensor.
+    Args:
+        fn: the per-image function (e.g. :func:`medpipe.metrics.v_rand`, :func:`medpipe.metrics.v_info`).
+
+    Shapes:
+        ``y_pred``/``y``: ``(B, C, H, W)`` one-hot (after ``AsDiscrete``) or ``(B, 1, H, W)`` class indices.
+        ``aggregate()`` returns the mean over all images seen as a 0-d float64 tensor.
     """
 
     def __init__(self, fn: Callable[[np.ndarray, np.ndarray], float]):
@@ -62,8 +66,11 @@ class PerImageMetric(CumulativeIterationMetric):
         return torch.tensor(vals, dtype=torch.float64).reshape(-1, 1)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
-        """Mean of the per-image values seen since the last reset (NaN values skipped), a 0-d float64 tensor;
-        NaN if no image was seen."""
+        """Mean of the per-image values seen since the last reset (NaN values skipped).
+
+        Returns:
+            a 0-d float64 tensor; a 0-d float32 NaN if no image was seen.
+        """
         data = self.get_buffer()
         if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
             return torch.tensor(float("nan"))
@@ -120,8 +127,11 @@ class HD95Metric(HausdorffDistanceMetric):
         return scored.distances
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
-        """Mean HD95 in pixels over the images with a defined value, a 0-d float32 tensor (NaN if none), with
-        warnings counting the empty-mask images."""
+        """Mean HD95 over the images with a defined value, with warnings counting the empty-mask images.
+
+        Returns:
+            a 0-d float32 tensor, pixels; NaN if no image was seen or none has a defined value.
+        """
         data = self.get_buffer()
         if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
             return torch.tensor(float("nan"))
@@ -158,10 +168,13 @@ def build_seg_metric_handlers(names, key_metric: str):
         ``(key_val_metric, additional_metrics)`` dicts for ``monai.engines.SupervisedEvaluator``. They read
         ``pred`` and ``label`` (one-hot, after the evaluator's post-transforms) from the engine output.
         ``dice``: MONAI ``MeanDice`` (foreground); ``hd95``: :class:`HD95Metric` in an ``IgniteMetricHandler``
-        (what ``monai.handlers.HausdorffDistance`` builds, with empty masks scored as documented there), pixels.
+        (what ``monai.handlers.HausdorffDistance`` builds, with empty masks scored as documented there), pixels;
+        ``pixel_accuracy``, ``v_rand``, ``v_info``: :class:`PerImageMetric`.
 
     Raises:
         ValueError: ``key_metric`` is lower-is-better (``hd95``): the checkpoint handlers keep the highest value.
+        KeyError: a name that is not a segmentation metric, or ``key_metric`` not among ``names`` (both checked
+            by :class:`medpipe.config.MetricsConfig` first).
     """
     if key_metric in LOWER_IS_BETTER_METRICS:
         raise ValueError(f"metrics.key_metric: {key_metric!r} is lower-is-better; the best checkpoint needs a "
@@ -202,8 +215,13 @@ class ClassificationMetric(CumulativeIterationMetric):
             ``-log p(true class)`` (probabilities clipped at 1e-12; :func:`medpipe.metrics.mean_cross_entropy`).
         num_classes: ``C``.
 
-    ``y_pred``: ``(B, C)`` class probabilities (after softmax); ``y``: ``(B,)`` or ``(B, 1)`` class indices.
-    Binary predictions use threshold 0.5. ``aggregate()`` returns a 0-d float64 tensor.
+    Shapes:
+        ``y_pred``: ``(B, C)`` float class probabilities (after softmax); ``y``: ``(B,)`` or ``(B, 1)`` class
+        indices. Buffered as ``(B, C + 1)`` rows (probabilities, label). Binary predictions use threshold 0.5.
+        ``aggregate()`` returns a 0-d float64 tensor.
+
+    Raises:
+        ValueError: (when called) ``y_pred`` does not have ``num_classes`` columns.
     """
 
     def __init__(self, name: str, num_classes: int):
@@ -220,7 +238,11 @@ class ClassificationMetric(CumulativeIterationMetric):
         return torch.cat([y_pred.cpu(), y.cpu()], dim=1)  # (B, C + 1)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
-        """The metric over all cases seen since the last reset, a 0-d float64 tensor; NaN if none was seen."""
+        """The metric over all cases seen since the last reset.
+
+        Returns:
+            a 0-d float64 tensor; a 0-d float32 NaN if no case was seen.
+        """
         data = self.get_buffer()
         if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
             return torch.tensor(float("nan"))
@@ -243,6 +265,10 @@ def build_cls_metric_handlers(names, key_metric: str, num_classes: int):
         ``(key_val_metric, additional_metrics)``; the additional metrics always include ``loss`` (validation
         cross-entropy). They read ``pred`` (softmax probabilities) and ``label`` (class index) from the engine
         output.
+
+    Raises:
+        KeyError: ``key_metric`` is neither among ``names`` nor ``loss`` (checked by
+            :class:`medpipe.config.MetricsConfig` first).
     """
     out = from_engine(["pred", "label"])
     handlers = {name: IgniteMetricHandler(metric_fn=ClassificationMetric(name, num_classes), output_transform=out)

@@ -25,8 +25,16 @@ class IndexCrossEntropyLoss(nn.Module):
         self.ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of ``logits`` ``(B, C[, H, W[, D]])`` float against ``label`` class indices ``(B,)`` or
-        ``(B, 1[, H, W[, D]])`` (any integer or float dtype, cast to int64); returns the scalar loss."""
+        """Cross-entropy of the logits against class-index labels.
+
+        Args:
+            logits: ``(B, C[, H, W[, D]])`` float, unnormalised scores.
+            label: class indices ``(B[, H, W[, D]])`` or with a channel axis ``(B, 1[, H, W[, D]])`` (any integer
+                or float dtype, cast to int64).
+
+        Returns:
+            the scalar mean loss (float, as ``torch.nn.CrossEntropyLoss``).
+        """
         if label.ndim == logits.ndim:
             label = label[:, 0]
         return self.ce(logits, label.long())
@@ -43,6 +51,10 @@ def build_loss(cfg, class_weights=None) -> nn.Module:
         cfg: the loss config.
         class_weights: per-class weights that replace ``cfg.class_weights`` (e.g. ``balanced`` weights computed
             from the training split by :func:`medpipe.data.loaders.balanced_class_weights`).
+
+    Returns:
+        MONAI ``DiceCELoss`` (``dice_ce``), ``DiceLoss`` (``dice``) or :class:`IndexCrossEntropyLoss`
+        (``cross_entropy``); class weights become a float32 ``(C,)`` tensor.
 
     Raises:
         ValueError: ``cfg.class_weights`` is ``balanced`` and no computed ``class_weights`` were given.
@@ -63,7 +75,18 @@ def build_loss(cfg, class_weights=None) -> nn.Module:
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
-    """``torch.optim`` optimizer from :class:`medpipe.config.OptimizerConfig`."""
+    """``torch.optim`` optimizer from :class:`medpipe.config.OptimizerConfig`.
+
+    ``adam`` and ``adamw`` take ``lr``, ``betas`` and ``weight_decay`` (``adamw``: decoupled weight decay,
+    Loshchilov & Hutter 2019); ``sgd`` takes ``lr``, ``momentum``, ``nesterov`` and ``weight_decay``.
+
+    Args:
+        cfg: the optimizer config (``name`` one of ``adam``, ``adamw``, ``sgd``).
+        params: the parameters to optimise (e.g. ``net.parameters()``, all of them even when some are frozen).
+
+    Returns:
+        ``torch.optim.Adam``, ``AdamW`` or ``SGD``.
+    """
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -76,8 +99,17 @@ def build_scheduler(cfg, optimizer, max_epochs: int):
     """Epoch-level LR scheduler, or ``None`` for ``name: none``.
 
     ``cosine`` uses ``monai.optimizers.WarmupCosineSchedule`` (linear warm-up, then half a cosine down to
-    ``min_lr``); ``plateau`` returns ``torch.optim.lr_scheduler.ReduceLROnPlateau`` in ``max`` mode (it is
-    stepped with the key validation metric).
+    ``min_lr``); ``step`` is ``torch.optim.lr_scheduler.StepLR`` (multiply by ``gamma`` every ``step_size``
+    epochs); ``plateau`` returns ``torch.optim.lr_scheduler.ReduceLROnPlateau`` in ``max`` mode (it is stepped
+    with the key validation metric; ``patience`` in validation rounds).
+
+    Args:
+        cfg: :class:`medpipe.config.SchedulerConfig` (``name`` one of ``none``, ``cosine``, ``step``, ``plateau``).
+        optimizer: the optimizer whose learning rate it drives.
+        max_epochs: ``train.max_epochs``, the length of the cosine schedule (epochs).
+
+    Returns:
+        the scheduler (stepped once per epoch), or ``None``.
     """
     if cfg.name == "none":
         return None

@@ -23,7 +23,8 @@ from medpipe.nets.pretrained import head_parameter_names
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FreezeBackbone", "attach_freeze_schedule", "freeze_backbone", "is_head", "unfreeze_all"]
+__all__ = ["FreezeBackbone", "attach_freeze_schedule", "freeze_backbone", "frozen_norm_layers", "is_head",
+           "unfreeze_all"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 # frozen norm module -> handle of its eval-mode pre-hook (weak: a discarded network takes its entries with it)
@@ -36,7 +37,16 @@ def _keep_eval(module: nn.Module, args) -> None:
 
 
 def is_head(name: str, head_names: Iterable[str]) -> bool:
-    """Whether parameter/module ``name`` belongs to the head: equal to, or below, one of ``head_names``."""
+    """Whether a parameter or module belongs to the head.
+
+    Args:
+        name: dotted parameter or module name, as in ``net.named_parameters()`` (e.g. ``"fc.weight"``).
+        head_names: names of the head's parameters or modules (e.g. ``["fc"]``); a name covers itself and
+            everything below it (``"fc"`` covers ``"fc.weight"`` but not ``"fc2.weight"``).
+
+    Returns:
+        ``True`` when ``name`` equals, or lies below, one of ``head_names``.
+    """
     return any(name == h or name.startswith(h + ".") for h in head_names)
 
 
@@ -79,7 +89,15 @@ def freeze_backbone(net: nn.Module, head_names: Optional[Iterable[str]] = None) 
 
 
 def unfreeze_all(net: nn.Module) -> None:
-    """Make every parameter trainable and let frozen norm layers follow ``net``'s train/eval mode again."""
+    """Undo :func:`freeze_backbone`: every parameter trainable, norm layers following ``net``'s mode again.
+
+    Sets ``requires_grad=True`` on all parameters of ``net`` (also those frozen elsewhere), removes the eval-mode
+    pre-hooks :func:`freeze_backbone` put on its norm layers and gives those layers ``net``'s current
+    ``training`` flag. Safe to call on a network that was never frozen.
+
+    Args:
+        net: the network, modified in place.
+    """
     for p in net.parameters():
         p.requires_grad_(True)
     for module in net.modules():
@@ -88,6 +106,19 @@ def unfreeze_all(net: nn.Module) -> None:
             handle.remove()
             module.training = net.training
     logger.info("unfroze all parameters of %s", type(net).__name__)
+
+
+def frozen_norm_layers(net: nn.Module) -> List[str]:
+    """The norm layers of ``net`` held in eval mode by :func:`freeze_backbone` (until :func:`unfreeze_all`).
+
+    Args:
+        net: the network.
+
+    Returns:
+        Their module names, in ``net.named_modules()`` order (e.g. ``["bn1", "layer1.0.bn1", ...]``); empty
+        when ``net`` is not frozen.
+    """
+    return [name for name, module in net.named_modules() if module in _EVAL_HOOKS]
 
 
 class FreezeBackbone:
@@ -114,7 +145,17 @@ class FreezeBackbone:
         self.frozen = False
 
     def attach(self, engine) -> None:
-        """Register on ``engine`` (an ignite ``Engine``, e.g. ``monai.engines.SupervisedTrainer``)."""
+        """Register the schedule on ``engine``.
+
+        Adds this handler at ``Events.EPOCH_STARTED`` (freeze or unfreeze by epoch) and a release at
+        ``Events.COMPLETED`` (the network is left unfrozen); with ``epochs == 0`` nothing is registered.
+
+        Args:
+            engine: an ignite ``Engine``, e.g. ``monai.engines.SupervisedTrainer``, that trains ``net``.
+
+        Raises:
+            ImportError: pytorch-ignite is not installed.
+        """
         from ignite.engine import Events
 
         if self.epochs > 0:
@@ -122,6 +163,7 @@ class FreezeBackbone:
             engine.add_event_handler(Events.COMPLETED, self._release)
 
     def __call__(self, engine) -> None:
+        """At ``EPOCH_STARTED``: freeze during epochs ``1..epochs``, unfreeze after (``engine.state.epoch``)."""
         epoch = engine.state.epoch  # already incremented: 1 during the first epoch
         if epoch <= self.epochs and not self.frozen:
             logger.info("epoch %d: backbone frozen for epochs 1-%d", epoch, self.epochs)
@@ -152,6 +194,9 @@ def attach_freeze_schedule(trainer, net: nn.Module, epochs: int,
 
     Returns:
         The attached :class:`FreezeBackbone` handler.
+
+    Raises:
+        ValueError: ``epochs`` is negative.
     """
     handler = FreezeBackbone(net, epochs, head_names)
     handler.attach(trainer)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from medpipe.serve.images import InputError
+from medpipe import __version__
+from medpipe.serve.images import InputError, decode_upload
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +128,7 @@ def create_app(model, settings: Optional[ServeSettings] = None):
         ImportError: fastapi or python-multipart is not installed (with the install command).
     """
     _import_fastapi()
-    from fastapi import FastAPI, Query, Request
-    from fastapi.responses import FileResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-    from medpipe import __version__
-    from medpipe.serve.images import decode_upload
+    from fastapi import FastAPI
 
     settings = settings or ServeSettings()
     desc = model.describe()
@@ -141,8 +138,19 @@ def create_app(model, settings: Optional[ServeSettings] = None):
         description=(f"{desc['task']} model `{desc['net']}` of pipeline `{desc['pipeline']}` from `{desc['source']}`."
                      "\n\nResearch software: **not a medical device**; not for diagnosis or treatment."),
     )
-    started = time.time()
     counts = {"predictions": 0, "rejected": 0}
+    _add_info_routes(app, desc, settings, counts)
+    _add_predict_route(app, model, settings, counts)
+    _add_page_routes(app)
+    return app
+
+
+def _add_info_routes(app, desc: Dict[str, Any], settings: ServeSettings, counts: Dict[str, int]) -> None:
+    """The ``InputError`` handler (counts rejections), ``GET /health`` and ``GET /model``."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    started = time.time()
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError):
@@ -162,6 +170,11 @@ def create_app(model, settings: Optional[ServeSettings] = None):
         return {**desc, "limits": {"max_upload_bytes": settings.max_upload_bytes,
                                    "max_pixels": settings.max_pixels}}
 
+
+def _add_predict_route(app, model, settings: ServeSettings, counts: Dict[str, int]) -> None:
+    """``POST /predict``: upload -> decode -> :meth:`ServedModel.predict` in a worker thread."""
+    from fastapi import Query, Request
+
     predict_doc = ("Predict one image. Send it as multipart form field `file` (PNG, JPEG or DICOM Part 10). "
                    "Classifier: `label`, `probabilities`; segmenter: `mask_png` (base64) and `area`. Errors: 413 too "
                    "large, 415 not an image type, 422 corrupt or not fitting the model.")
@@ -180,10 +193,15 @@ def create_app(model, settings: Optional[ServeSettings] = None):
         counts["predictions"] += 1
         return result
 
+
+def _add_page_routes(app) -> None:
+    """``GET /`` (the web page) and the ``/static`` files."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
     @app.get("/", include_in_schema=False)
     def index():
         """The web page."""
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-    return app

@@ -25,17 +25,17 @@ def _history(result):
 
 
 def test_channels_last_thread_loader_and_device_cache_match_the_plain_path(tmp_path, small_em, monkeypatch):
-    import medpipe.engine.trainer as T
+    import medpipe.workflow.skeleton as S  # where the run skeleton looks build_engines up
 
     seen = {}
-    build = T.build_engines
+    build = S.build_engines
 
     def spy(*args, **kwargs):
         engines = build(*args, **kwargs)
         seen["engines"] = engines
         return engines
 
-    monkeypatch.setattr(T, "build_engines", spy)
+    monkeypatch.setattr(S, "build_engines", spy)
     plain = run_pipeline(validate_config(_config(tmp_path, small_em, "plain")))
     d = _config(tmp_path, small_em, "fast", channels_last=True, amp=True, amp_dtype="bfloat16")
     d["data"].update(loader="thread", cache_on_device=True)
@@ -58,16 +58,16 @@ def test_channels_last_thread_loader_and_device_cache_match_the_plain_path(tmp_p
 
 
 def test_compile_trains_on_cpu(tmp_path, small_em, monkeypatch):
-    import medpipe.engine.trainer as T
+    import medpipe.workflow.skeleton as S  # where the run skeleton looks build_engines up
 
     seen = {}
-    build = T.build_engines
+    build = S.build_engines
 
     def spy(*args, **kwargs):
         seen["engines"] = build(*args, **kwargs)
         return seen["engines"]
 
-    monkeypatch.setattr(T, "build_engines", spy)
+    monkeypatch.setattr(S, "build_engines", spy)
     d = _config(tmp_path, small_em, "compiled", compile=True)
     d["train"]["max_epochs"] = 1
     result = run_pipeline(validate_config(d))

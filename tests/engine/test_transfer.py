@@ -7,10 +7,10 @@ from monai.engines import SupervisedTrainer
 from torch import nn
 
 from medpipe.engine.transfer import (
-    _EVAL_HOOKS,
     FreezeBackbone,
     attach_freeze_schedule,
     freeze_backbone,
+    frozen_norm_layers,
     unfreeze_all,
 )
 
@@ -68,7 +68,7 @@ def test_schedule_on_supervised_trainer():
         for k in HEAD:
             assert not torch.equal(snaps[epoch][k], snaps[epoch - 1][k]), (epoch, k)
     assert all(p.requires_grad for p in net.parameters())
-    assert not any(m in _EVAL_HOOKS for m in net.modules())
+    assert frozen_norm_layers(net) == []
 
 
 def test_frozen_for_the_whole_run_is_released_at_the_end():
@@ -83,7 +83,7 @@ def test_frozen_for_the_whole_run_is_released_at_the_end():
     assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["1.running_var"],
                                                                               before["1.running_var"])
     assert not torch.equal(after["5.weight"], before["5.weight"])
-    assert all(p.requires_grad for p in net.parameters()) and net[1] not in _EVAL_HOOKS
+    assert all(p.requires_grad for p in net.parameters()) and frozen_norm_layers(net) == []
 
 
 def test_freeze_and_unfreeze_directly():
@@ -95,7 +95,9 @@ def test_freeze_and_unfreeze_directly():
     stats = net[1].running_mean.clone()
     net(torch.rand(4, 1, 8, 8) * 5)
     assert torch.equal(net[1].running_mean, stats) and not net[1].training
+    assert frozen_norm_layers(net) == ["1"]
     assert freeze_backbone(net, HEAD) == frozen  # idempotent, no second hook
+    assert frozen_norm_layers(net) == ["1"]
     unfreeze_all(net)
     assert all(p.requires_grad for p in net.parameters()) and net[1].training
     net(torch.rand(4, 1, 8, 8) * 5)
@@ -110,9 +112,10 @@ def test_default_head_of_monai_resnet():
     net = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2)
     freeze_backbone(net)
     assert [n for n, p in net.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
-    assert net.bn1 in _EVAL_HOOKS and not net.bn1.training
+    assert "bn1" in frozen_norm_layers(net) and not net.bn1.training
+    assert all(not n.startswith("fc") for n in frozen_norm_layers(net))
     unfreeze_all(net)
-    assert net.bn1 not in _EVAL_HOOKS
+    assert frozen_norm_layers(net) == []
 
 
 def test_zero_epochs_is_a_no_op_and_negative_is_an_error():
