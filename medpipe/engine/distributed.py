@@ -28,6 +28,8 @@ from typing import Any, List, Sequence
 
 import torch
 
+from medpipe.engine.trainer import resolve_device
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DistContext", "init_distributed", "partition_cases"]
@@ -141,8 +143,6 @@ def init_distributed(device_name: str = "auto", timeout_minutes: float = 30.0) -
         RuntimeError: ``train.device`` asks for CUDA but none is available, or there are fewer GPUs than processes
             on this node.
     """
-    from medpipe.engine.trainer import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(device=resolve_device(device_name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from medpipe.nets.init import init_weights
+from medpipe.nets.lenet import LeNet
 from medpipe.nets.pretrained import load_pretrained
 from medpipe.nets.weight_sources import MlflowLoader
 from medpipe.registry import Registry
@@ -67,8 +68,6 @@ NETS.register("resnet50", _resnet)
 @NETS.register("lenet")
 def _lenet(cfg):
     """medpipe ``LeNet``: ``(B, in_channels, H, W)`` with ``(H, W) == input_size`` -> logits ``(B, num_classes)``."""
-    from medpipe.nets.lenet import LeNet
-
     return LeNet(spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
                  input_size=cfg.input_size, padding=cfg.padding, dropout=cfg.dropout)
 

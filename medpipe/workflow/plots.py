@@ -11,6 +11,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from medpipe.config import LOWER_IS_BETTER_METRICS
+
 __all__ = ["plot_history", "plot_overlays", "read_gray", "plot_learning_curves", "plot_roc", "plot_confusion",
            "plot_misclassified"]
 
@@ -42,8 +44,6 @@ def plot_history(history: Dict[str, List], path: Path, title: str = "") -> Path:
     ax1.grid(alpha=0.3)
     va = history.get("val", [])
     names = [k for k in (va[0] if va else {}) if k != "epoch"]
-    from medpipe.config import LOWER_IS_BETTER_METRICS
-
     distances = [k for k in names if k in LOWER_IS_BETTER_METRICS]  # pixels: own axis, not squashing the scores
     for k in names:
         if k not in distances:
