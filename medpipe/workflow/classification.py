@@ -10,8 +10,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from medpipe.data.cases import DataError
-from medpipe.data.discovery import check_reader_support, discover_classification_cases
-from medpipe.data.integrity import verify_cases
+from medpipe.data.discovery import discover_classification_cases
 from medpipe.data.loaders import balanced_class_weights, build_loader, inverse_frequency_weights
 from medpipe.data.splits import split_classification_cases
 from medpipe.engine.evaluation import evaluate_classifier, predict_classifier
@@ -48,10 +47,7 @@ class ClassificationTask(Task):
         if len(classes) != cfg.net.num_classes:
             raise DataError(f"the data under data.root {cfg.data.root!r} has {len(classes)} classes {classes} "
                             f"but net.num_classes is {cfg.net.num_classes}; set data.classes or net.num_classes")
-        check_reader_support(cases, {"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val})
-        problems = []
-        if cfg.data.verify:
-            cases, problems = verify_cases(cases, cfg.data.on_bad_image)
+        cases, problems = self.check_files(cases)
         return Discovered(cases, classes, problems)
 
     def split(self, discovered: Discovered) -> PreparedData:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 
 from medpipe.data.cases import resolve_root
-from medpipe.data.discovery import check_reader_support, discover_cases, discover_images
-from medpipe.data.integrity import verify_cases
+from medpipe.data.discovery import discover_cases, discover_images
 from medpipe.data.splits import split_segmentation_cases
 from medpipe.data.transforms import build_transforms
 from medpipe.engine.trainer import build_evaluator
@@ -37,11 +36,7 @@ class SegmentationTask(Task):
         """Image/label pairs under ``data.root`` (``data.images`` + ``data.labels`` globs or a list file), reader
         check, integrity check (``data.verify``)."""
         cfg = self.cfg
-        cases = discover_cases(cfg.data)
-        check_reader_support(cases, {"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val})
-        problems = []
-        if cfg.data.verify:
-            cases, problems = verify_cases(cases, cfg.data.on_bad_image)
+        cases, problems = self.check_files(discover_cases(cfg.data))
         return Discovered(cases, None, problems)
 
     def split(self, discovered: Discovered) -> PreparedData:

@@ -19,9 +19,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from medpipe.config import PipelineConfig
+from medpipe.data.cases import Case
+from medpipe.data.discovery import check_reader_support
+from medpipe.data.integrity import verify_cases
 from medpipe.data.loaders import build_dataset, build_loader
 from medpipe.workflow.data import Discovered, PreparedData
 
@@ -121,6 +124,24 @@ class Task:
     def split(self, discovered: Discovered) -> PreparedData:
         """Split the discovered cases into train / val / test (no torch work)."""
         raise NotImplementedError
+
+    def check_files(self, cases: List[Case]) -> Tuple[List[Case], List[Dict[str, str]]]:
+        """The checks every discovery ends with: the readers of ``transforms.train`` / ``transforms.val`` can read
+        these files, then the integrity check (``data.verify``; ``data.on_bad_image`` says whether a bad file
+        stops the run or is skipped).
+
+        Returns:
+            ``(cases kept, problems)``: problems are ``{"file", "reason"}`` rows of skipped files.
+
+        Raises:
+            medpipe.data.cases.DataError: a reader cannot read a file type, or bad files with
+                ``on_bad_image: error`` (all of them named).
+        """
+        cfg = self.cfg
+        check_reader_support(cases, {"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val})
+        if not cfg.data.verify:
+            return list(cases), []
+        return verify_cases(cases, cfg.data.on_bad_image)
 
     def prepare(self, discovered: Optional[Discovered] = None) -> PreparedData:
         """:meth:`discover` (unless given: cross-validation discovers once for all folds), then :meth:`split`."""
