@@ -24,12 +24,14 @@ Cross-validation (``data.split.kfold`` without ``fold``, :mod:`medpipe.workflow.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import List, Optional
 
 from medpipe.config import ConfigError, load_config
 from medpipe.logs import configure_cli_logging
+from medpipe.tracking import TrackingError  # no mlflow at import: it is loaded when a run is tracked
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-only", action="store_true", help="validate the pipeline and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+#: a full disk, a read-only or forbidden output folder, a quota: the user's to fix, said in one line
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def _load(args):
@@ -85,6 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    except TrackingError as exc:  # the store of --resume cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if cfg.data.split.kfold is not None and cfg.data.split.fold is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         print("error: data.split.kfold: a whole cross-validation cannot run under torchrun; run one fold per torchrun "
               "with --set data.split.fold=<k>", file=sys.stderr)
@@ -97,8 +106,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         result = run_pipeline(cfg, resume=resume)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, FileNotFoundError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"error: cannot write {exc.filename or cfg.output_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
         _print_result(result)

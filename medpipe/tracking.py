@@ -1,21 +1,24 @@
-"""MLflow tracking; the only medpipe module that imports ``mlflow``.
+"""MLflow tracking; with :mod:`medpipe.mlflow_models` (models: logging and tensors-only loading) the only medpipe
+modules that import ``mlflow``.
 
 One MLflow run per pipeline run. :class:`Tracker` logs the resolved config (artifact and flattened params),
 the dataset manifest hash, the git commit, library versions, per-epoch training loss / learning rate and
-validation metrics (step = epoch), final metrics, plots, and the best model
-(``mlflow.pytorch.log_model``). Used as a context manager, a crash ends the run as ``FAILED`` and keeps
-everything already logged.
+validation metrics (step = epoch), final metrics, plots, and the best model (``mlflow.pytorch.log_model`` with a
+weights-only ``extra_files/state_dict.pt``). Used as a context manager, a crash ends the run as ``FAILED`` and
+keeps everything already logged.
 
 With tracking disabled (``tracking.enabled: false``) every method is a no-op, so callers need no branches.
 
 Read side: :func:`run_output_dir` (a run id's artifact folder, for ``--resume``), :func:`load_model_state_dict`
-(transfer learning) and :func:`fetch_model_run` (:func:`medpipe.runs.load_trained`). They take a tracking URI and
+(transfer learning) and :func:`fetch_model_run` (:func:`medpipe.runs.load_trained`; both defined in
+:mod:`medpipe.mlflow_models`, re-exported here, tensors only unless ``trust_pickle``). They take a tracking URI and
 use ``MlflowClient(tracking_uri=..., registry_uri=...)`` and ``mlflow.artifacts.download_artifacts(...,
 tracking_uri=...)``: MLflow's process-wide URIs are never changed by reading.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -25,7 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Tracker", "library_versions", "git_commit", "client_for", "run_output_dir", "env_summary",
+__all__ = ["Tracker", "TrackingError", "run_status", "library_versions", "git_commit", "client_for", "run_output_dir", "env_summary",
            "resolve_model_uri", "load_model_state_dict", "fetch_model_run"]
 
 _MAX_PARAM_LEN = 500
@@ -57,8 +60,46 @@ def library_versions() -> Dict[str, str]:
     return out
 
 
+class TrackingError(RuntimeError):
+    """The MLflow store failed (unreachable, read-only, deleted, full) while a run was being tracked.
+
+    The message is one line: the store, what was being logged, and the store's own first line of error. The run
+    folder and its checkpoints are unaffected: ``python -m medpipe.run --resume <run folder>`` continues once the
+    store works again (into the same MLflow run, or into a new one when the store lost it).
+    """
+
+
+def _guarded(what: str):
+    """Decorator for :class:`Tracker` writes: an MLflow failure becomes one :class:`TrackingError` (the long
+    SQLAlchemy / HTTP chain stays in the ``__cause__`` for ``--verbose`` logs) and the tracker stops writing."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            if self.broken is not None:
+                raise TrackingError(self.broken)
+            try:
+                return method(self, *args, **kwargs)
+            except (KeyboardInterrupt, TrackingError):
+                raise
+            except Exception as exc:  # mlflow, SQLAlchemy, requests and OS errors alike
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                self.broken = (f"MLflow store {self.cfg.tracking_uri}: {what} failed ({type(exc).__name__}: {first}); "
+                               "the run folder and its checkpoints are kept: fix the store, then continue with "
+                               "python -m medpipe.run --resume <run folder>")
+                raise TrackingError(self.broken) from exc
+
+        return guarded
+
+    return wrap
+
+
 class Tracker:
     """An MLflow run for one pipeline run.
+
+    Every write goes through :func:`_guarded`: if the store fails mid-run (unwritable, deleted, full), the call
+    raises :class:`TrackingError` with one line, later writes are not attempted, and the run is not marked at the
+    end (the store cannot take it); the caller's run folder keeps its checkpoints for ``--resume``.
 
     Args:
         cfg: :class:`medpipe.config.TrackingConfig`.
@@ -81,6 +122,7 @@ class Tracker:
         self.history: Dict[str, list] = {"train": [], "val": []}
         self._experiment = cfg.experiment or pipeline_name
         self._mlflow = None
+        self.broken: Optional[str] = None  # the TrackingError message once the store failed
 
     # --------------------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> "Tracker":
@@ -91,6 +133,7 @@ class Tracker:
         self.end("FAILED" if exc_type is not None else "FINISHED")
         return False
 
+    @_guarded("starting the run")
     def start(self) -> None:
         """Create (or reuse) the experiment and start the run.
 
@@ -123,11 +166,18 @@ class Tracker:
         logger.info("MLflow run %s in experiment %r at %s", self.run_id, self._experiment, self.cfg.tracking_uri)
 
     def end(self, status: str = "FINISHED") -> None:
-        """End the run with ``FINISHED`` or ``FAILED`` (everything logged so far is kept)."""
-        if self._mlflow is not None and self._mlflow.active_run() is not None:
+        """End the run with ``FINISHED`` or ``FAILED`` (everything logged so far is kept). When the store cannot take
+        the status (it failed: :attr:`broken`), the run still ends in this process and a warning says so."""
+        if self._mlflow is None or self._mlflow.active_run() is None:
+            return
+        try:  # MLflow pops its active run first, then writes the status: the run ends here even if the store fails
             self._mlflow.end_run(status=status)
+        except Exception as exc:  # the store failed (again): the run folder is complete, --resume continues
+            logger.warning("MLflow run %s could not be marked %s (%s: %s)", self.run_id, status, type(exc).__name__,
+                           (str(exc).strip().splitlines() or [""])[0][:300])
 
     # ------------------------------------------------------------------------------------------ logging
+    @_guarded("logging params")
     def log_params(self, params: Dict[str, Any]) -> None:
         """Log flat params; values longer than MLflow's limit are truncated (the full config is an artifact)."""
         if not self.enabled:
@@ -137,11 +187,13 @@ class Tracker:
         for i in range(0, len(items), 100):
             self._mlflow.log_params(dict(items[i:i + 100]))
 
+    @_guarded("setting tags")
     def set_tags(self, tags: Dict[str, Any]) -> None:
         """Set run tags (e.g. ``git_commit``, ``dataset.manifest_sha256``, ``version.torch``)."""
         if self.enabled:
             self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    @_guarded("logging metrics")
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
         """Log numeric metrics (non-finite values are skipped with a warning)."""
         if not self.enabled:
@@ -158,6 +210,7 @@ class Tracker:
         if good:
             self._mlflow.log_metrics(good, step=step)
 
+    @_guarded("logging an artifact")
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         """Upload a file or folder to the run's artifacts."""
         if not self.enabled:
@@ -168,20 +221,21 @@ class Tracker:
         elif path.is_file():
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    @_guarded("logging the model")
     def log_model(self, net, name: str = "model") -> Optional[str]:
-        """Log the network with ``mlflow.pytorch.log_model``; returns the model URI ``runs:/<id>/<name>``.
+        """Log the network as an MLflow model with its weights-only state dict
+        (:func:`medpipe.mlflow_models.log_network`: ``extra_files/state_dict.pt``, the file medpipe reads back,
+        beside MLflow's pickled ``data/model.pth``); returns the model URI ``runs:/<id>/<name>``.
 
         Pip requirements are given explicitly (torch and MONAI versions) so MLflow does not spawn a process to
         infer them.
         """
         if not (self.enabled and self.cfg.log_model):
             return None
-        import mlflow.pytorch
+        from medpipe.mlflow_models import log_network
 
         versions = library_versions()
-        reqs = [f"torch=={versions['torch'].split('+')[0]}", f"monai=={versions['monai']}"]
-        mlflow.pytorch.log_model(net.cpu() if hasattr(net, "cpu") else net, name=name, pip_requirements=reqs,
-                                serialization_format="pickle")
+        log_network(net, name, [f"torch=={versions['torch'].split('+')[0]}", f"monai=={versions['monai']}"])
         return f"runs:/{self.run_id}/{name}"
 
     # --------------------------------------------------------------------------------------- engines
@@ -231,6 +285,28 @@ def client_for(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def run_status(run_id: str, tracking_uri: str) -> Optional[Dict[str, Optional[str]]]:
+    """``{"status": "RUNNING" | "FINISHED" | "FAILED" | "KILLED", "output_dir": tag or None}`` of an MLflow run, or
+    ``None`` when the store has no such run (e.g. the store was deleted and re-created empty).
+
+    Raises:
+        TrackingError: the store cannot be read (one line naming it).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client_for(tracking_uri).get_run(run_id)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise TrackingError(f"MLflow store {tracking_uri}: reading run {run_id} failed "
+                            f"({(str(exc).strip().splitlines() or [''])[0][:300]})") from exc
+    except Exception as exc:  # SQLAlchemy / OS errors of an unreadable store
+        raise TrackingError(f"MLflow store {tracking_uri}: reading run {run_id} failed ({type(exc).__name__}: "
+                            f"{(str(exc).strip().splitlines() or [''])[0][:300]})") from exc
+    return {"status": run.info.status, "output_dir": run.data.tags.get("output_dir")}
+
+
 def run_output_dir(run_id: str, tracking_uri: str) -> Path:
     """The artifact folder of a medpipe run (its ``output_dir`` tag), for ``--resume <run id>``.
 
@@ -260,189 +336,5 @@ def env_summary() -> Dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ read side
-def _client(tracking_uri: Optional[str]):
-    """A client bound to ``tracking_uri`` for runs, logged models and the model registry (MLflow's current URIs
-    when ``None``); never changes MLflow's process-wide URIs."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri) if tracking_uri else MlflowClient()
-
-
-def _registry_version(client, name: str, ref: str):
-    """The model version of ``models:/<name>/<ref>`` (``ref``: a version number, ``latest`` or a stage) or of
-    ``models:/<name>@<alias>`` (``ref``: ``@alias``)."""
-    if ref.startswith("@"):
-        return client.get_model_version_by_alias(name, ref[1:])
-    if ref.isdigit():
-        return client.get_model_version(name, ref)
-    from mlflow.exceptions import MlflowException
-
-    latest = ref.lower() == "latest"
-    found = (client.search_model_versions(f"name = '{name}'") if latest
-             else client.get_latest_versions(name, stages=[ref]))  # stages are deprecated in MLflow 3
-    if not found:
-        raise MlflowException(f"registered model {name!r} has no version{'' if latest else ' in stage ' + ref}")
-    return max(found, key=lambda mv: int(mv.version))
-
-
-def _run_model_location(client, run_id: str, path: str) -> Optional[str]:
-    """Where the model ``runs:/<run_id>/<path>`` is stored: the artifact location of the MLflow 3 logged model of
-    that name from that run (plus any sub-path), or ``None`` when it is a plain run artifact (MLflow 2 layout)."""
-    name, _, rest = path.partition("/")
-    experiment_id = client.get_run(run_id).info.experiment_id
-    token = None
-    while True:
-        page = client.search_logged_models(experiment_ids=[experiment_id], filter_string=f"name = '{name}'",
-                                           page_token=token)
-        for model in page:
-            if model.source_run_id == run_id:
-                return model.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
-        token = page.token
-        if not token:
-            return None
-
-
-def resolve_model_uri(uri: str, tracking_uri: Optional[str] = None) -> Tuple[Optional[str], str]:
-    """The run that logged a model and where the model's files are stored, through ``MlflowClient``.
-
-    ``mlflow.artifacts.download_artifacts(artifact_uri=..., tracking_uri=...)`` cannot do this for models in
-    MLflow 3.x: ``ModelsArtifactRepository`` (``models:/`` and the logged model behind ``runs:/<id>/model``) looks
-    the model up through the process-wide registry/tracking URIs, ignoring the ``tracking_uri`` argument (checked
-    with MLflow 3.17: "Registered Model with name=... not found" while the global URI points elsewhere).
-
-    Args:
-        uri: ``runs:/<run_id>/<name>[/<path>]``, ``models:/<name>/<version>``, ``models:/<name>/latest``,
-            ``models:/<name>/<stage>``, ``models:/<name>@<alias>`` or ``models:/<model_id>``; any other URI is
-            returned as it is (with run id ``None``).
-        tracking_uri: tracking and registry URI (default MLflow's current one).
-
-    Returns:
-        ``(run_id or None, location)``: ``location`` is a concrete artifact URI or path for
-        ``mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri)``.
-
-    Raises:
-        mlflow.exceptions.MlflowException: the run, model or version does not exist.
-    """
-    client = _client(tracking_uri)
-    if uri.startswith("runs:/"):
-        run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
-        location = _run_model_location(client, run_id, path)
-        return run_id, location or f"runs:/{run_id}/{path}"
-    if uri.startswith("models:/"):
-        ref = uri[len("models:/"):].strip("/")
-        if "/" in ref or "@" in ref:
-            name, sep, version = ref.partition("/") if "/" in ref else ref.rpartition("@")
-            mv = _registry_version(client, name, version if sep == "/" else "@" + version)
-            return mv.run_id, client.get_model_version_download_uri(name, mv.version)
-        model = client.get_logged_model(ref)
-        return model.source_run_id, model.artifact_location
-    return None, uri
-
-
-def _download_model(uri: str, dst: Path, tracking_uri: Optional[str]) -> Tuple[Optional[str], str]:
-    """``(run_id, local folder)`` of a model URI downloaded into ``dst``; a local folder is used as it is."""
-    import mlflow
-
-    if Path(uri).is_dir():
-        return None, uri
-    run_id, location = resolve_model_uri(uri, tracking_uri)
-    if location.startswith("runs:/"):  # a model stored as plain run artifacts
-        _, _, path = location[len("runs:/"):].partition("/")
-        return run_id, mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
-                                                           tracking_uri=tracking_uri)
-    return run_id, mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst),
-                                                       tracking_uri=tracking_uri)
-
-
-def _state_dict_of(local_model: str) -> Dict[str, Any]:
-    import mlflow.pytorch
-
-    model = mlflow.pytorch.load_model(local_model, map_location="cpu")
-    logger.info("loaded MLflow model %s (%s)", local_model, type(model).__name__)
-    return model.state_dict()
-
-
-def load_model_state_dict(uri: str, tracking_uri: Optional[str] = None) -> Dict[str, Any]:
-    """The state dict of a PyTorch model logged to MLflow, for transfer learning.
-
-    The model is resolved with :func:`resolve_model_uri`, downloaded to a temporary folder with
-    ``mlflow.artifacts.download_artifacts`` and loaded from there, so MLflow's process-wide tracking and registry
-    URIs are never changed.
-
-    Args:
-        uri: an MLflow model URI, e.g. ``runs:/<run_id>/model`` (as returned by :meth:`Tracker.log_model`),
-            ``models:/<name>/<version>``, ``models:/<name>@<alias>``, or a local MLflow model folder.
-        tracking_uri: tracking (and registry) URI to resolve ``runs:/`` / ``models:/`` against, e.g.
-            ``sqlite:///mlflow.db``; default MLflow's current one (``MLFLOW_TRACKING_URI``).
-
-    Returns:
-        ``model.state_dict()`` of ``mlflow.pytorch.load_model`` (tensors on CPU).
-
-    Raises:
-        mlflow.exceptions.MlflowException: the run, model or artifact does not exist (re-raised with the URI and
-            tracking URI in the message).
-
-    Note:
-        ``mlflow.pytorch.load_model`` unpickles the model (its class must be importable): load models only from
-        tracking servers you trust.
-    """
-    import tempfile
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="medpipe-mlflow-model-") as tmp:
-            return _state_dict_of(_download_model(uri, Path(tmp), tracking_uri)[1])
-    except MlflowException as err:
-        raise MlflowException(
-            f"cannot load MLflow model {uri!r} (tracking URI {tracking_uri or mlflow.get_tracking_uri()}): "
-            f"{err.message}"
-        ) from err
-
-
-def fetch_model_run(uri: str, dst: Path, tracking_uri: Optional[str] = None,
-                    files: tuple = ("config.resolved.yaml", "metrics.json")) -> Dict[str, Any]:
-    """The run behind a logged model: its id, some of its artifacts (downloaded), and the model's state dict.
-
-    Used by :func:`medpipe.runs.load_trained` to rebuild a network with the pipeline it was trained with.
-    MLflow's process-wide URIs are never changed (see :func:`load_model_state_dict`).
-
-    Args:
-        uri: ``runs:/<run_id>/<name>``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
-        dst: folder the artifacts (and the model, under ``model/``) are downloaded into (created).
-        tracking_uri: tracking and registry URI, e.g. ``sqlite:///mlflow.db``; default MLflow's current one.
-        files: run artifacts to download (a missing one is reported as ``None``).
-
-    Returns:
-        ``{"run_id": str, "files": {name: Path | None}, "state_dict": dict}``.
-
-    Raises:
-        mlflow.exceptions.MlflowException: the model or its run cannot be resolved (the message names the URI and
-            the tracking URI).
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    where = f"tracking URI {tracking_uri or mlflow.get_tracking_uri()}"
-    try:
-        run_id, local_model = _download_model(uri, dst / "model", tracking_uri)
-    except MlflowException as err:
-        raise MlflowException(f"cannot resolve MLflow model {uri!r} ({where}): {err.message}") from err
-    if not run_id:
-        raise MlflowException(f"MLflow model {uri!r} has no source run; medpipe needs the run's "
-                              "config.resolved.yaml")
-    found: Dict[str, Optional[Path]] = {}
-    for name in files:
-        try:
-            found[name] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
-                                                                   dst_path=str(dst), tracking_uri=tracking_uri))
-        except (MlflowException, OSError):
-            found[name] = None
-    try:
-        state = _state_dict_of(local_model)
-    except MlflowException as err:
-        raise MlflowException(f"cannot load MLflow model {uri!r} ({where}): {err.message}") from err
-    return {"run_id": run_id, "files": found, "state_dict": state}
+# MLflow models are read (tensors only) by medpipe.mlflow_models; re-exported here for existing callers
+from medpipe.mlflow_models import fetch_model_run, load_model_state_dict, resolve_model_uri  # noqa: E402

@@ -125,19 +125,28 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_weights(tmp_path, small_e
 
 
 def test_resume_by_mlflow_run_id_and_errors(tmp_path, small_em, capsys):
+    from mlflow.tracking import MlflowClient
+
     d = _config(tmp_path, small_em)
     d["train"]["max_epochs"] = 1
     result = run_pipeline(validate_config(d))
-    # found by its MLflow run id; a run that finished training is not trained again, only re-evaluated
+    client = MlflowClient(tracking_uri=d["tracking"]["tracking_uri"])
+    # a finished run is refused: resuming would log its final metrics and model twice
+    assert main(["--resume", result.run_id, "--tracking-uri", d["tracking"]["tracking_uri"]]) == 2
+    assert "the run finished" in capsys.readouterr().err
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+
+    # killed after training, while finishing (no metrics.json, MLflow run still RUNNING): found by its MLflow run
+    # id, not trained again, only re-evaluated
+    (result.output_dir / "metrics.json").unlink()
+    client.update_run(result.run_id, status="RUNNING")
     assert main(["--resume", result.run_id, "--tracking-uri", d["tracking"]["tracking_uri"]]) == 0
     assert f"artifacts: {result.output_dir}" in capsys.readouterr().out
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=d["tracking"]["tracking_uri"])
     assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == [1]
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert main(["--resume", "no-such-run", "--tracking-uri", d["tracking"]["tracking_uri"]]) == 2
     assert "not a run id" in capsys.readouterr().err
+    (result.output_dir / "metrics.json").unlink()
     for ckpt in (result.output_dir / "checkpoints").glob("latest_*.pt"):
         ckpt.unlink()
     assert main(["--resume", str(result.output_dir)]) == 2
@@ -154,6 +163,7 @@ def test_resume_refuses_changed_data(tmp_path, small_em):
     d["train"]["max_epochs"] = 1
     d["tracking"]["enabled"] = False
     result = run_pipeline(validate_config(d))
+    (result.output_dir / "metrics.json").unlink()  # as if killed while finishing
     (small_em / "image" / "2.png").unlink()
     (small_em / "label" / "2.png").unlink()
     cfg, resume = find_resume(str(result.output_dir))

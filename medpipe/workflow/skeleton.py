@@ -98,6 +98,10 @@ class PipelineRun:
         try:
             self.initialize()
             return self.run()
+        except OSError as exc:  # a full disk or read-only folder: name where, when the OS did not
+            if exc.filename is None and self.folder is not None:
+                exc.filename = str(self.folder.path)
+            raise
         finally:
             self.dist.close()
 
@@ -182,7 +186,7 @@ class PipelineRun:
     def run(self) -> RunResult:
         """Train (or continue training), then finish with the best checkpoint; see the module docstring."""
         with self._tracker() as tracker:
-            if self.resume is None:
+            if self.resume is None or self.resume.run_id is None:  # new, or resumed into a new MLflow run
                 self.log_start(tracker)
             state = self._train(tracker)
             if state is None:  # a rank other than 0 under DDP: rank 0 evaluates alone
