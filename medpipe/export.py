@@ -1,9 +1,12 @@
 """Export a trained network to TorchScript or ONNX with a JSON of its pre- and post-processing.
 
-``python -m medpipe.export MODEL --format torchscript|onnx [--out DIR] [--image FILE]``
+``python -m medpipe.export MODEL --format torchscript|onnx [--out DIR] [--image FILE] [--trust-pickle]``
 
 ``MODEL`` is an MLflow model URI (``runs:/<id>/model``, ``models:/<name>/<version>``) or a run's artifact folder,
-loaded with :func:`medpipe.runs.load_trained` (as :mod:`medpipe.serve` does). Writes into ``DIR`` (default
+loaded with :func:`medpipe.runs.load_trained` (as :mod:`medpipe.serve` does): the network is rebuilt from the
+run's validated config and its weights read as tensors only, so nothing in the folder or model runs as code. A
+model with only a pickled file (logged before medpipe wrote ``extra_files/state_dict.pt``) is refused unless
+``--trust-pickle`` is given, which unpickles it: only for models you trust. Writes into ``DIR`` (default
 ``export/<pipeline>-<format>/``):
 
 * ``model.ts`` (TorchScript, ``torch.jit.trace`` by default or ``torch.jit.script``) or ``model.onnx`` (ONNX,
@@ -197,7 +200,8 @@ def _compare(trained: TrainedRun, x, runner: Callable) -> Tuple[float, bool]:
 
 
 def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: Optional[str] = None,
-                 tracking_uri: Optional[str] = None, method: str = "trace", atol: float = 1e-4) -> ExportResult:
+                 tracking_uri: Optional[str] = None, method: str = "trace", atol: float = 1e-4,
+                 trust_pickle: bool = False) -> ExportResult:
     """Export the network of a trained pipeline and verify it on a real image.
 
     Args:
@@ -208,12 +212,15 @@ def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: O
         tracking_uri: MLflow tracking URI for ``runs:/`` / ``models:/``.
         method: TorchScript only: ``trace`` (with the real image, or a window of ``roi_size`` of it) or ``script``.
         atol: largest allowed absolute logit difference.
+        trust_pickle: unpickle a model that has only a pickled file (see :func:`medpipe.runs.load_trained`);
+            unpickling runs any code the file holds.
 
     Returns:
         :class:`ExportResult`.
 
     Raises:
-        ValueError: unknown ``fmt``/``method``, or no real image found.
+        ValueError: unknown ``fmt``/``method``, or no real image found; the model can only be read by unpickling
+            and ``trust_pickle`` is false (:class:`medpipe.runs.UntrustedModelError`).
         ImportError: ``onnx`` is missing (with the install command).
         ExportError: the exported model's logits differ from the original's by more than ``atol``.
     """
@@ -228,7 +235,7 @@ def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: O
             import onnx  # noqa: F401
         except ImportError:
             raise ImportError(_ONNX_HINT) from None
-    trained = load_trained(source, tracking_uri)
+    trained = load_trained(source, tracking_uri, trust_pickle=trust_pickle)
     cfg = trained.cfg
     image = image or pick_real_image(trained.manifest)
     if image is None or not Path(image).is_file():
@@ -270,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="real image for the equality check (default: from the run)")
     p.add_argument("--method", choices=("trace", "script"), default="trace", help="TorchScript: trace or script")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle a model that has only a pickled file (logged before medpipe wrote a weights-only "
+                   "state dict); unpickling runs any code in the file: only for models you trust")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
                    f"{DEFAULT_TRACKING_URI})")
     return p
@@ -281,7 +291,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     configure_cli_logging()
     try:
         res = export_model(args.model, args.fmt, Path(args.out) if args.out else None, args.image,
-                           args.tracking_uri, args.method, args.atol)
+                           args.tracking_uri, args.method, args.atol, args.trust_pickle)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

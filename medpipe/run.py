@@ -102,6 +102,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{args.pipeline or args.resume}: valid ({cfg.name}, task {cfg.task}, net {cfg.net.name})")
         return 0
     from medpipe.data.cases import DataError  # torch, MONAI, MLflow: imported once the config is valid
+    from medpipe.engine.trainer import NonFiniteLossError
     from medpipe.workflow import run_pipeline
 
     try:
@@ -109,6 +110,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DataError, FileNotFoundError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS:
             raise

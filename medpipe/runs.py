@@ -16,6 +16,13 @@ rebuilds a trained network with the pipeline's own inference transforms from a f
 nnU-Net's ``nnUNetPredictor.initialize_from_trained_model_folder`` does, for :mod:`medpipe.serve` and
 :mod:`medpipe.export`.
 
+What :func:`load_trained` trusts: a run folder or a logged model may come from someone else, so nothing in it is
+unpickled by default. The network is rebuilt from the validated ``config.resolved.yaml`` (YAML read as data) and
+its weights are read with ``torch.load(weights_only=True)`` (tensors only; no code runs) from
+``checkpoints/best_*.pt`` or the model's ``extra_files/state_dict.pt``. A model that has only a pickled file (MLflow's
+``data/model.pth`` of runs logged before medpipe wrote the state dict) is refused with
+:class:`~medpipe.mlflow_models.UntrustedModelError` unless ``trust_pickle=True``.
+
 No torch or MLflow at module level: the loaders import them when called.
 """
 
@@ -35,6 +42,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 
 from medpipe.config import ConfigError, PipelineConfig, load_config
+from medpipe.mlflow_models import UntrustedModelError, load_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +50,7 @@ __all__ = ["CONFIG_FILE", "MANIFEST_FILE", "METRICS_FILE", "REPORT_FILE", "MLFLO
            "CHECKPOINT_DIR", "PLOTS_DIR", "PREDICTIONS_DIR", "SLIDES_DIR", "BEST_PREFIX", "LATEST_PREFIX",
            "DEFAULT_TRACKING_URI", "MODEL_URI_SCHEMES", "default_tracking_uri", "no_nan", "is_model_uri",
            "checkpoint_epochs", "latest_checkpoint", "best_checkpoint", "RunFolder", "find_run", "TrainedRun",
-           "load_trained"]
+           "UntrustedModelError", "load_trained"]
 
 CONFIG_FILE = "config.resolved.yaml"
 MANIFEST_FILE = "manifest.json"
@@ -335,14 +343,14 @@ class TrainedRun:
     threshold: Optional[float] = None
 
 
-def _from_model_uri(source: str, tracking_uri: Optional[str]):
+def _from_model_uri(source: str, tracking_uri: Optional[str], trust_pickle: bool):
     """``(cfg, state_dict, metrics, manifest, run_id)`` of an MLflow model URI and the run that logged it."""
-    from medpipe.tracking import fetch_model_run
+    from medpipe.mlflow_models import fetch_model_run
 
     tmp = Path(tempfile.mkdtemp(prefix="medpipe-model-"))
     try:
         got = fetch_model_run(source, tmp, default_tracking_uri(tracking_uri),
-                              files=(CONFIG_FILE, METRICS_FILE, MANIFEST_FILE))
+                              files=(CONFIG_FILE, METRICS_FILE, MANIFEST_FILE), trust_pickle=trust_pickle)
         cfg_path = got["files"][CONFIG_FILE]
         if cfg_path is None:
             raise FileNotFoundError(f"MLflow run {got['run_id']} of {source} has no {CONFIG_FILE} artifact; was it "
@@ -358,11 +366,9 @@ def _from_model_uri(source: str, tracking_uri: Optional[str]):
     return cfg, got["state_dict"], metrics or {}, manifest or None, got["run_id"]
 
 
-def _from_folder(source: str):
+def _from_folder(source: str, trust_pickle: bool):
     """``(run folder, cfg, state_dict, metrics, manifest, run_id)`` of a run folder (or a downloaded MLflow run
-    artifact folder with a ``model/`` MLflow model)."""
-    import torch
-
+    artifact folder with a ``model/`` MLflow model); weights read as tensors only unless ``trust_pickle``."""
     run = RunFolder(Path(source))
     if not run.path.is_dir():
         raise FileNotFoundError(f"model {source!r} is neither an MLflow model URI (runs:/<id>/model, "
@@ -373,12 +379,15 @@ def _from_folder(source: str):
     cfg = run.load_config()
     best = run.best_checkpoint()
     if best is not None:
-        state = torch.load(best, map_location="cpu", weights_only=True)
-        state = state.get("net", state)
+        state = load_weights_file(best, str(run.path), trust_pickle)
+        state = state.get("net", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError(f"{run.path}: {best} holds {type(state).__name__}, expected a checkpoint "
+                             "{'net': state dict} or a state dict")
     elif (run.path / "model" / "MLmodel").is_file():
-        from medpipe.tracking import load_model_state_dict
+        from medpipe.mlflow_models import load_model_state_dict
 
-        state = load_model_state_dict(str(run.path / "model"))
+        state = load_model_state_dict(str(run.path / "model"), trust_pickle=trust_pickle)
     else:
         raise FileNotFoundError(f"{run.path} has neither {CHECKPOINT_DIR}/{BEST_PREFIX}_*.pt nor an MLflow model "
                                 "in model/")
@@ -400,23 +409,35 @@ def _classes_and_threshold(cfg: PipelineConfig, metrics: Dict, manifest: Optiona
     return list(classes), (float(thr) if thr is not None and cfg.net.num_classes == 2 else None)
 
 
-def load_trained(source: str, tracking_uri: Optional[str] = None, device: str = "cpu") -> TrainedRun:
+def load_trained(source: str, tracking_uri: Optional[str] = None, device: str = "cpu",
+                 trust_pickle: bool = False) -> TrainedRun:
     """Load a trained pipeline: config, network with its best weights, inference transforms and inferer.
+
+    The network is built from the validated resolved config (:func:`medpipe.nets.build_net`) and its weights are
+    read as tensors only (``torch.load(weights_only=True)``): no code from the folder or the model runs unless
+    ``trust_pickle`` is set.
 
     Args:
         source: a run folder (``<output_dir>/<run>/``: weights from the newest ``checkpoints/best_*.pt``, key
-            ``net``), a downloaded MLflow run artifact folder (weights from its ``model/`` MLflow model), or an
-            MLflow model URI ``runs:/<run_id>/model``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``
-            (weights from the logged model; config, metrics and manifest from the artifacts of the run that
-            logged it).
+            ``net``), a downloaded MLflow run artifact folder (weights from its ``model/`` MLflow model's
+            ``extra_files/state_dict.pt``), or an MLflow model URI ``runs:/<run_id>/model``,
+            ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (weights from the logged model's
+            ``extra_files/state_dict.pt``; config, metrics and manifest from the artifacts of the run that logged
+            it).
         tracking_uri: MLflow tracking and registry URI for model URIs (:func:`default_tracking_uri`); MLflow's
             process-wide URIs are left untouched.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
+        trust_pickle: unpickle what cannot be read as tensors: a model with only MLflow's pickled
+            ``data/model.pth`` (logged before medpipe wrote the state dict), or a checkpoint holding other objects.
+            Unpickling runs whatever code the file holds: only for sources you trust.
 
     Returns:
         :class:`TrainedRun`.
 
     Raises:
+        UntrustedModelError: (a ``ValueError``) the weights can only be read by unpickling and ``trust_pickle`` is
+            false; the message names the source and the file and says how to opt in.
+        ValueError: a weights file is not a readable torch file or holds no state dict.
         FileNotFoundError: the folder does not exist or has no ``config.resolved.yaml`` or weights; the model's run
             has no ``config.resolved.yaml``.
         medpipe.config.ConfigError: the resolved config does not validate with this medpipe version.
@@ -431,9 +452,9 @@ def load_trained(source: str, tracking_uri: Optional[str] = None, device: str = 
 
     folder, run_id = None, None
     if is_model_uri(source):
-        cfg, state, metrics, manifest, run_id = _from_model_uri(source, tracking_uri)
+        cfg, state, metrics, manifest, run_id = _from_model_uri(source, tracking_uri, trust_pickle)
     else:
-        folder, cfg, state, metrics, manifest, run_id = _from_folder(source)
+        folder, cfg, state, metrics, manifest, run_id = _from_folder(source, trust_pickle)
     classes, threshold = _classes_and_threshold(cfg, metrics, manifest, source)
     net = build_net(cfg.net)
     try:

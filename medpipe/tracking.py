@@ -24,7 +24,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,11 @@ class TrackingError(RuntimeError):
 
     The message is one line: the store, what was being logged, and the store's own first line of error. The run
     folder and its checkpoints are unaffected: ``python -m medpipe.run --resume <run folder>`` continues once the
-    store works again (into the same MLflow run, or into a new one when the store lost it).
+    store works again (into the same MLflow run, or into a new one when the store lost it). ``one_line``: the
+    engine logs no traceback for it.
     """
+
+    one_line = True
 
 
 def _guarded(what: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from mlflow.tracking import MlflowClient
 
 from medpipe.config import CURRENT_SCHEMA_VERSION, load_config
 from medpipe.run import main
@@ -49,6 +50,7 @@ def test_a_pre_versioning_run_is_upgraded_resumed_and_served(tmp_path, small_em)
     for name in ("latest_checkpoint_2.pt",):
         (folder.checkpoint_dir / name).unlink()
     folder.metrics_file.unlink()
+    MlflowClient(tracking_uri=old["tracking"]["tracking_uri"]).update_run(first.run_id, status="RUNNING")  # killed
     folder.config_file.write_text(yaml.safe_dump(old, sort_keys=False))
     assert [e for e, _ in folder.checkpoint_epochs()] == [1]
 

@@ -12,8 +12,9 @@ from medpipe.tracking import fetch_model_run, load_model_state_dict, resolve_mod
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A sqlite store with one logged (MLflow 3 logged model) and registered tiny network."""
-    import mlflow.pytorch
+    """A sqlite store with one logged (MLflow 3 logged model, with medpipe's weights-only state dict) and registered
+    tiny network."""
+    from medpipe.mlflow_models import log_network
 
     tmp = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{tmp}/b.db"
@@ -24,7 +25,7 @@ def store(tmp_path_factory):
         torch.manual_seed(0)
         net = torch.nn.Linear(3, 2)
         with mlflow.start_run(experiment_id=exp) as run:
-            mlflow.pytorch.log_model(net, name="model", pip_requirements=["torch"], serialization_format="pickle")
+            log_network(net, "model", ["torch"])  # as Tracker.log_model does
             (tmp / "config.resolved.yaml").write_text("name: x\n")
             mlflow.log_artifact(str(tmp / "config.resolved.yaml"))
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "tiny").version

@@ -117,9 +117,13 @@ class DataConfig(StrictModel):
         "first random transform), so random transforms run on the GPU; needs num_workers: 0 (use loader: thread); "
         "a no-op on CPU")
     on_bad_image: Literal["error", "skip"] = Field(
-        "error", description="an unreadable image or an image/label size mismatch: stop, or report and skip it"
+        "error", description="a file the integrity check refuses (unreadable or truncated, image/label size "
+        "mismatch, NaN or infinite values, channels or bit depth / value range the transforms do not expect, label "
+        "values the label transforms do not map): stop naming every bad file, or report it in data_problems.csv and "
+        "skip it"
     )
-    verify: bool = Field(True, description="read every file once before training to report unreadable ones")
+    verify: bool = Field(True, description="read every training, validation and test file once before training and "
+                         "check it against what the transform chains expect (see on_bad_image)")
     # classification
     image_column: str = Field("image", description="list_file column (JSON key) holding the image path")
     label_column: str = Field("label", description="list_file column holding the label (a mask path for "

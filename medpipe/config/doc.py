@@ -14,6 +14,7 @@ from typing import List
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from medpipe.config.loading import MAX_CONFIG_BYTES, MAX_YAML_ALIASES, MAX_YAML_DEPTH, MAX_YAML_NODES
 from medpipe.config.pipeline import PipelineConfig
 from medpipe.config.transforms import TransformSpec
 
@@ -79,7 +80,14 @@ def render() -> str:
     out = ["# Pipeline config reference", "",
            "Generated from `medpipe/config/` by `python -m medpipe.config.doc`; do not edit by hand.", "",
            "Unknown keys are errors. Transforms are MONAI dictionary transforms by class name with their keyword",
-           "arguments (checked against the class signature); see `pipelines/em_unet.yaml` for a complete file.", ""]
+           "arguments (checked against the class signature: names, required arguments, and values against the",
+           "argument's annotation); see `pipelines/em_unet.yaml` for a complete file.", "",
+           "A pipeline is data only: numbers must be finite (no `.nan` / `.inf`, in the file or in `--set`), and a",
+           "transform argument may not be a string starting with `$`, `@` or `%` (MONAI bundle expressions). A",
+           f"file larger than {MAX_CONFIG_BYTES // 1024} KiB, with more than {MAX_YAML_ALIASES} aliases (`*name`), "
+           f"more than {MAX_YAML_NODES} values once",
+           f"aliases are expanded, nesting deeper than {MAX_YAML_DEPTH} levels, or a recursive alias is refused "
+           "with the line where the limit was reached.", ""]
     for model in _models():
         out.append(f"## {model.__name__}")
         out.append("")

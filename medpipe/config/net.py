@@ -47,6 +47,10 @@ class _ClassifierNet(StrictModel):
         "loaded, the rest (e.g. a head of another class count) keeps `init`")
     pretrained_sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
                                              description="SHA-256 of the `pretrained` file (required for URLs)")
+    pretrained_trust_pickle: bool = Field(
+        False, description="unpickle a `pretrained` source that holds more than tensors (a whole pickled model "
+        "of other classes, an MLflow model with only its pickled data/model.pth); unpickling runs any code in "
+        "the file: only for sources you trust. Default: tensors only (torch.load weights_only=True)")
 
 
 class DenseNet121Net(_ClassifierNet):

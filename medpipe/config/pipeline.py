@@ -3,6 +3,7 @@ defaults that depend on the task."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, List, Literal, Optional, Tuple
 
 from pydantic import Field, field_validator, model_validator
@@ -112,6 +113,8 @@ class PipelineConfig(StrictModel):
             field = "net.out_channels" if self.task == "segmentation" else "net.num_classes"
             problems.append((("loss", "class_weights"), f"has {len(weights)} values for {field}="
                              f"{self.num_classes} classes"))
+        problems += [(path, f"is {v}: not a finite number; give a finite value")
+                     for path, v in _non_finite(self.model_dump(), ())]  # values of Any-typed fields (net.act)
         if problems:
             raise CrossFieldError(problems)
         # defaults that depend on the task, filled in so that config.resolved.yaml shows them
@@ -261,6 +264,18 @@ class PipelineConfig(StrictModel):
                     kw["keys"] = keys
             out.append(TransformSpec(name=spec.name, **kw))
         return out
+
+
+def _non_finite(value: Any, path: Tuple[Any, ...]) -> List[Tuple[Tuple[Any, ...], float]]:
+    """``(key path, value)`` of every NaN or infinite float in plain data. Float fields refuse them already
+    (``allow_inf_nan=False``); this finds them in fields that take any value (e.g. ``net.act`` arguments)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [(path, value)]
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _non_finite(v, path + (k,))]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in _non_finite(v, path + (i,))]
+    return []
 
 
 def _keys_of(spec: TransformSpec) -> List[str]:

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from medpipe.config.argtypes import annotations_of, data_only_problems, type_problems
 from medpipe.config.base import StrictModel
 from medpipe.registry import did_you_mean
 
@@ -24,7 +25,9 @@ class TransformSpec(BaseModel):
 
     ``name`` is the MONAI class name (dictionary transforms only, i.e. subclasses of
     ``monai.transforms.MapTransform``); the remaining keys are its keyword arguments, checked against the
-    class's ``__init__`` signature (and, for ``LoadImaged`` with a named ``reader``, that reader's signature).
+    class's ``__init__`` signature (and, for ``LoadImaged`` with a named ``reader``, that reader's signature):
+    names, required arguments, value types against the annotations, and data only (no ``$``/``@``/``%`` bundle
+    syntax, no NaN or infinity; :mod:`medpipe.config.argtypes`).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -90,7 +93,9 @@ def check_transform_args(name: str, kwargs: Dict[str, Any]) -> None:
 
     Raises:
         ValueError: unknown transform (with the closest name), unknown argument (with the allowed ones),
-            or a missing required argument.
+            a missing required argument, a string starting with ``$``, ``@`` or ``%`` or a NaN/infinite number
+            anywhere in the arguments, or a value its annotation does not accept (e.g. a string where a float goes;
+            :func:`medpipe.config.argtypes.type_problems`), all problems of the transform in one message.
     """
     table = transform_table()
     if name not in table:
@@ -100,6 +105,7 @@ def check_transform_args(name: str, kwargs: Dict[str, Any]) -> None:
         raise ValueError(f"unknown transform {name!r}: expected a MONAI dictionary transform class name.{hint}")
     cls = table[name]
     params, var_kw = _params(cls.__init__)
+    hints = annotations_of(cls.__init__)
     unknown = [k for k in kwargs if k not in params]
     if unknown and var_kw and name == "LoadImaged" and isinstance(kwargs.get("reader"), str):
         import monai.data as md
@@ -112,6 +118,7 @@ def check_transform_args(name: str, kwargs: Dict[str, Any]) -> None:
                 + did_you_mean(kwargs["reader"], readers)
             )
         r_params, r_var_kw = _params(reader_cls.__init__)
+        hints = {**annotations_of(reader_cls.__init__), **hints}
         params = {**params, **r_params}
         var_kw = r_var_kw
         unknown = [k for k in kwargs if k not in params]
@@ -127,6 +134,11 @@ def check_transform_args(name: str, kwargs: Dict[str, Any]) -> None:
     missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
     if missing:
         raise ValueError(f"{name}: missing required argument(s) {', '.join(missing)}")
+    problems: List[str] = []
+    for k, v in kwargs.items():  # a value that is not data is not type-checked too
+        problems += data_only_problems(name, {k: v}) or (type_problems(name, {k: v}, hints) if k in params else [])
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class TransformsConfig(StrictModel):

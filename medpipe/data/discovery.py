@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from medpipe.data.cases import Case, DataError, resolve_root
+from medpipe.data.imagefile import read_image
 from medpipe.registry import did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -353,7 +352,8 @@ def discover_classification_cases(data_cfg) -> Tuple[List[Case], List[str]]:
 
 # ------------------------------------------------------------------------------------------------ readers
 def image_shape(path: str) -> Tuple[int, ...]:
-    """Spatial shape of an image file, reading it fully to detect truncation.
+    """Spatial shape of an image file, reading it fully to detect truncation
+    (:func:`medpipe.data.imagefile.read_image`, which the integrity check uses to read each file once).
 
     PNG/JPEG/TIFF/PGM/BMP through Pillow (shape ``(H, W)``), NIfTI through nibabel (its array shape without
     the channel axis if 4D), DICOM through pydicom (``(Rows, Columns)`` or ``(Frames, Rows, Columns)``),
@@ -368,37 +368,7 @@ def image_shape(path: str) -> Tuple[int, ...]:
     Raises:
         DataError: the file is missing, empty, truncated or not an image of its type; names the file.
     """
-    if os.path.isdir(path):
-        return ()
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: file is empty (0 bytes)")
-    low = path.lower()
-    try:
-        if low.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            img = nib.load(path)
-            np.asanyarray(img.dataobj)  # forces a full read
-            shape = img.shape
-            return tuple(shape[:3]) if len(shape) > 3 else tuple(shape)
-        if low.endswith(".dcm"):
-            import pydicom
-
-            ds = pydicom.dcmread(path)
-            return tuple(ds.pixel_array.shape[:3] if getattr(ds, "NumberOfFrames", 1) > 1 else ds.pixel_array.shape[:2])
-        if low.endswith(".npy"):
-            return tuple(np.load(path, mmap_mode="r").shape)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.load()
-            return (im.height, im.width)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    return read_image(path).shape
 
 
 def check_reader_support(cases: Sequence[Case], chains: Dict[str, Sequence]) -> None:

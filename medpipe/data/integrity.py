@@ -1,7 +1,10 @@
 """Checking the files of the cases before training, and fingerprinting them.
 
-:func:`verify_cases` reads every image once (truncated, empty or unreadable files; image / label-mask size
-mismatches) and reports all problems at once; :func:`manifest_hash` is the dataset fingerprint a run records.
+:func:`verify_cases` reads every image and label file once (:func:`medpipe.data.imagefile.read_image`) and, from
+that one read, finds every input that would crash later or silently give wrong results: truncated, empty or
+unreadable files, image / label-mask size mismatches, NaN / inf values, and, given the pipeline's
+:class:`~medpipe.data.expectations.Expectations`, channels, intensity ranges and label values that its transforms
+do not expect. All problems are reported at once; :func:`manifest_hash` is the dataset fingerprint a run records.
 """
 
 from __future__ import annotations
@@ -9,55 +12,120 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Dict, List, Sequence, Tuple
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from medpipe.data.cases import Case, DataError
-from medpipe.data.discovery import image_shape
+from medpipe.data.expectations import Expectations, KeyExpectation
+from medpipe.data.imagefile import ImageFile, read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["verify_cases", "manifest_hash"]
+__all__ = ["verify_cases", "case_problems", "file_problem", "manifest_hash"]
+
+_MAX_LISTED = 20
 
 
-def verify_cases(cases: Sequence[Case], on_bad_image: str = "error") -> Tuple[List[Case], List[Dict[str, str]]]:
-    """Read every image and label image once; check readability and that image and label sizes match.
+def file_problem(img: ImageFile, expectations: Sequence[KeyExpectation] = ()) -> Optional[str]:
+    """The first reason why a read file would crash or mislead training, or ``None``.
 
-    Classification cases (``label`` an int class index) have only their image read
-    (:func:`medpipe.data.discovery.image_shape`). Every case is checked before anything is decided, so one run
-    reports all bad files at once.
+    Checked in order: non-finite DICOM rescaling, NaN / inf values (always), then for each chain that loads the
+    file its channels, its ``ScaleIntensityRanged`` window and its label values
+    (:class:`medpipe.data.expectations.KeyExpectation`).
+
+    Args:
+        img: the file as read by :func:`medpipe.data.imagefile.read_image`.
+        expectations: the expectations of the chains that load it (empty: only the finite-value checks).
+
+    Returns:
+        One line saying what was found and what was expected (without the path), or ``None``.
+    """
+    if img.nonfinite_scaling:
+        return f"{img.kind}: non-finite {img.nonfinite_scaling}; expected finite numbers (every pixel would be NaN)"
+    n = img.nonfinite()
+    if n:
+        return (f"{img.kind}: {n} non-finite value(s) (NaN / inf) among {img.size} values; expected finite "
+                "values (a NaN input trains NaN weights): replace them or leave the file out")
+    for e in expectations:
+        for check in (e.channel_problem, e.window_problem, e.label_problem):
+            reason = check(img)
+            if reason:
+                return reason
+    return None
+
+
+def case_problems(case: Case, expect: Optional[Expectations] = None) -> List[Tuple[str, str]]:
+    """Read a case's image (and label-mask) file once and check it.
+
+    Args:
+        case: the case; ``image`` and a string ``label`` are read (a class index is not a file).
+        expect: what the pipeline's chains expect of the files (``None``: readability, sizes and finite values).
+
+    Returns:
+        ``(file, reason)`` for every bad file of the case (empty when it is good).
+    """
+    out: List[Tuple[str, str]] = []
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for key in ("image", "label"):
+        path = case.get(key)
+        if not isinstance(path, str):
+            continue
+        try:
+            img = read_image(path)
+        except DataError as exc:
+            text = str(exc)
+            out.append((text.split(": ", 1)[0], text.split(": ", 1)[-1]))
+            continue
+        shapes[key] = img.shape
+        reason = file_problem(img, expect.for_file(case, key) if expect is not None else ())
+        if reason:
+            out.append((path, reason))
+    if not out and shapes.get("image") and shapes.get("label") and shapes["image"] != shapes["label"]:
+        out.append((str(case["label"]), f"label size {shapes['label']} does not match image {case['image']} size "
+                                        f"{shapes['image']}"))
+    return out
+
+
+def verify_cases(cases: Sequence[Case], on_bad_image: str = "error",
+                 expect: Optional[Expectations] = None) -> Tuple[List[Case], List[Dict[str, str]]]:
+    """Read every image and label file once and check it (:func:`case_problems`), all cases before deciding.
+
+    Classification cases (``label`` an int class index) have only their image read. Every case is checked
+    before anything is decided, so one run reports all bad files at once.
 
     Args:
         cases: cases to check.
         on_bad_image: ``"error"`` raises after the check if any case is bad; ``"skip"`` logs and drops bad cases.
+        expect: what the pipeline's transform chains expect (channels, intensity window, label values; built by
+            :func:`medpipe.data.expectations.build_expectations`); ``None`` checks readability, sizes and finite
+            values only.
 
     Returns:
-        ``(good_cases, problems)`` where each problem is ``{"file": path, "reason": text}``.
+        ``(good_cases, problems)`` where each problem is ``{"file": path, "reason": text}`` (one per bad file).
 
     Raises:
         DataError: with ``on_bad_image="error"`` and bad cases: how many, and each file with its reason (the
             first 20).
     """
-    good, problems = [], []
+    t0 = time.perf_counter()
+    good: List[Case] = []
+    problems: List[Dict[str, str]] = []
+    n_bad = 0
     for case in cases:
-        try:
-            shape = image_shape(case["image"])
-            if isinstance(case.get("label"), str):  # a label image (segmentation); class indices need no check
-                lshape = image_shape(case["label"])
-                if shape and lshape and shape != lshape:
-                    raise DataError(
-                        f"{case['label']}: label size {lshape} does not match image {case['image']} size {shape}"
-                    )
-        except DataError as exc:
-            text = str(exc)
-            problems.append({"file": text.split(": ", 1)[0], "reason": text.split(": ", 1)[-1]})
-            if on_bad_image == "skip":
-                logger.warning("skipping bad case: %s", text)
+        bad = case_problems(case, expect)
+        if not bad:
+            good.append(case)
             continue
-        good.append(case)
+        n_bad += 1
+        for file, reason in bad:
+            problems.append({"file": file, "reason": reason})
+            if on_bad_image == "skip":
+                logger.warning("skipping bad case: %s: %s", file, reason)
+    logger.info("integrity check: %d cases read in %.2f s, %d bad", len(cases), time.perf_counter() - t0, n_bad)
     if problems and on_bad_image == "error":
-        listed = "; ".join(f"{p['file']}: {p['reason']}" for p in problems[:20])
-        more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{len(problems)} of {len(cases)} cases are bad: {listed}{more} (set data.on_bad_image: "
+        listed = "; ".join(f"{p['file']}: {p['reason']}" for p in problems[:_MAX_LISTED])
+        more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        raise DataError(f"{n_bad} of {len(cases)} cases are bad: {listed}{more} (set data.on_bad_image: "
                         "skip to report and skip such cases)")
     return good, problems
 

@@ -4,7 +4,8 @@
 best-checkpoint saving on the key metric plus a resumable "latest" checkpoint every epoch (both atomic;
 :mod:`medpipe.engine.resume`), LR scheduling, optional early stopping, gradient-norm clipping, per-epoch training
 loss and sample count, progress bars, the GPU options (AMP, channels-last, ``torch.compile``) and, under
-``torchrun``, ``DistributedDataParallel`` (:mod:`medpipe.engine.distributed`).
+``torchrun``, ``DistributedDataParallel`` (:mod:`medpipe.engine.distributed`). A NaN or infinite training loss
+stops the run with :class:`NonFiniteLossError` before the epoch's checkpoint is written.
 """
 
 from __future__ import annotations
@@ -35,11 +36,37 @@ from medpipe.engine.optim import build_loss, build_optimizer, build_scheduler
 from medpipe.engine.resume import EpochReseed, History, RNGState, StateAttributes
 from medpipe.engine.transfer import attach_freeze_schedule
 from medpipe.inference.sliding import build_inferer
-from medpipe.runs import BEST_PREFIX, LATEST_PREFIX, best_checkpoint, checkpoint_epochs
+from medpipe.runs import BEST_PREFIX, LATEST_PREFIX, best_checkpoint, checkpoint_epochs, latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "seed_everything", "Engines", "build_engines", "build_evaluator"]
+__all__ = ["resolve_device", "seed_everything", "Engines", "build_engines", "build_evaluator", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss of a batch was NaN or infinite: the run stops (its MLflow run is marked FAILED).
+
+    ``one_line``: its message says everything (epoch, batch, value, last good checkpoint): no traceback is logged.
+
+    Raised on ``ITERATION_COMPLETED``, after the optimizer step of that batch and before the epoch's
+    ``latest_checkpoint_<epoch>.pt`` would be written, so the checkpoints on disk hold the last finite weights.
+
+    Attributes:
+        epoch: the 1-based epoch.
+        iteration: the 1-based batch within that epoch.
+        loss: the loss value (``nan``, ``inf`` or ``-inf``).
+        checkpoint: the newest ``latest_checkpoint_<epoch>.pt`` on disk (``None`` before the first epoch ended).
+    """
+
+    one_line = True
+
+    def __init__(self, epoch: int, iteration: int, loss: float, checkpoint: Optional[Path] = None):
+        self.epoch, self.iteration, self.loss, self.checkpoint = epoch, iteration, loss, checkpoint
+        kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None
+                else "no epoch had completed, no checkpoint was written")
+        super().__init__(f"training loss is {loss} at epoch {epoch}, batch {iteration}: training stopped ({kept}); "
+                         "lower optimizer.lr, set train.grad_clip_norm, or check the inputs for NaN or infinite "
+                         "values")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -178,6 +205,32 @@ def _attach_epoch_loss(trainer: SupervisedTrainer, accuracy: bool = False, dist=
             engine.state.metrics["train_accuracy"] = correct / max(seen, 1)
 
 
+def _attach_finite_loss_check(trainer: SupervisedTrainer, checkpoint_dir: Path) -> None:
+    """Raise :class:`NonFiniteLossError` on the first batch whose loss is NaN or infinite.
+
+    One scalar ``torch.isfinite`` per batch; on CUDA reading it waits for the step to finish (one synchronisation
+    per batch, as a progress bar's loss display does), the price of naming the batch. The exception is not logged
+    with a traceback by the engine (a handler placed before ``StatsHandler``'s re-raises it first); other
+    exceptions whose class says ``one_line = True`` (this one, ``medpipe.tracking.TrackingError``) are re-raised the
+    same way; others go on to ``StatsHandler``, which logs their traceback and re-raises them. Under ``torchrun`` the rank
+    that raises ends, and torchrun stops the others.
+    """
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _check(engine):
+        out = engine.state.output
+        loss = torch.as_tensor(out[0]["loss"] if isinstance(out, list) else out["loss"]).detach()
+        if not bool(torch.isfinite(loss).all()):
+            batch = (engine.state.iteration - 1) % engine.state.epoch_length + 1
+            raise NonFiniteLossError(engine.state.epoch, batch, float(loss.float().reshape(-1)[0]),
+                                     latest_checkpoint(checkpoint_dir))
+
+    @trainer.on(Events.EXCEPTION_RAISED)
+    def _reraise(_, exc):
+        if getattr(exc, "one_line", False):  # NonFiniteLossError, medpipe.tracking.TrackingError
+            raise exc  # not through StatsHandler's handler: no traceback in the log, the message says it all
+
+
 def _attach_grad_clip(trainer: SupervisedTrainer, max_norm: float) -> None:
     """Clip the gradient L2 norm after backward (unscaling first under AMP, as ``GradScaler`` requires)."""
 
@@ -307,7 +360,7 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
         device=device, max_epochs=tc.max_epochs, train_data_loader=train_loader, network=train_net,
         optimizer=optimizer, loss_function=loss, amp=eval_kwargs["amp_kwargs"] is not None, **train_kwargs,
     )
-    history = _attach_training_handlers(cfg, trainer, evaluator, net, train_loader, rank, dist)
+    history = _attach_training_handlers(cfg, trainer, evaluator, net, train_loader, rank, dist, checkpoint_dir)
     state = {"net": net, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "history": history,
              "evaluator": StateAttributes(evaluator.state, ["best_metric", "best_metric_epoch"])}
     pending = _adopt_scaler(trainer, state)
@@ -364,11 +417,13 @@ def _place_networks(cfg, net: torch.nn.Module, device: torch.device, dist):
 
 
 def _attach_training_handlers(cfg, trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, net, train_loader,
-                              rank: int, dist) -> History:
-    """Per-epoch data re-seeding, epoch statistics, history, backbone freezing, logging, validation and gradient
-    clipping, in the order the later handlers rely on. Returns the attached :class:`History`."""
+                              rank: int, dist, checkpoint_dir: Path) -> History:
+    """Per-epoch data re-seeding, the finite-loss check, epoch statistics, history, backbone freezing, logging,
+    validation and gradient clipping, in the order the later handlers rely on. Returns the attached
+    :class:`History`."""
     tc = cfg.train
     EpochReseed(train_loader, tc.seed, rank).attach(trainer)
+    _attach_finite_loss_check(trainer, checkpoint_dir)  # before StatsHandler: its exception handler comes first
     # first, so that every later handler sees this epoch's loss and lr
     _attach_epoch_loss(trainer, accuracy=cfg.task == "classification", dist=dist)
     history = History()

@@ -36,7 +36,8 @@ def _basic_unet(cfg):
     return BasicUNet(**kw)
 
 
-_CLASSIFIER_EXTRA = ("name", "num_classes", "in_channels", "init", "pretrained", "pretrained_sha256")
+_CLASSIFIER_EXTRA = ("name", "num_classes", "in_channels", "init", "pretrained", "pretrained_sha256",
+                     "pretrained_trust_pickle")
 
 
 @NETS.register("densenet121")
@@ -94,14 +95,16 @@ def prepare_net(net, cfg, *, mlflow_loader: Optional[MlflowLoader] = None):
     Order: :func:`medpipe.nets.init.init_weights` with ``cfg.init`` first, then
     :func:`medpipe.nets.pretrained.load_pretrained` with ``cfg.pretrained``, so that whatever the checkpoint does
     not provide (e.g. a head for another number of classes) keeps the chosen initialisation. ``basic_unet`` has
-    ``init`` but no ``pretrained``; a config without a field skips that step.
+    ``init`` but no ``pretrained``; a config without a field skips that step. Pretrained weights are read as
+    tensors only unless the config sets ``pretrained_trust_pickle: true``.
 
     Args:
         net: the network from :func:`build_net`.
         cfg: its net config.
         mlflow_loader: for a ``runs:/`` / ``models:/`` (or MLflow model folder) ``pretrained`` source: returns the
             model's state dict given its URI, e.g. ``functools.partial(medpipe.tracking.load_model_state_dict,
-            tracking_uri=cfg.tracking.tracking_uri)``. ``medpipe.nets`` never imports MLflow itself.
+            tracking_uri=cfg.tracking.tracking_uri)``, called as ``mlflow_loader(uri, trust_pickle=True)`` when
+            ``cfg.pretrained_trust_pickle``. ``medpipe.nets`` never imports MLflow itself.
 
     Returns:
         ``(net, report)``: ``report`` is the :class:`medpipe.nets.pretrained.LoadReport` or ``None`` when
@@ -110,7 +113,7 @@ def prepare_net(net, cfg, *, mlflow_loader: Optional[MlflowLoader] = None):
     Raises:
         FileNotFoundError, ValueError, medpipe.nets.weight_sources.PretrainedDownloadError: from
             ``load_pretrained`` (missing file, nothing matching, checksum mismatch, offline download, an MLflow
-            source without ``mlflow_loader``).
+            source without ``mlflow_loader``, a pickled source without ``pretrained_trust_pickle``).
     """
     init = getattr(cfg, "init", "default")
     if init != "default":
@@ -118,5 +121,6 @@ def prepare_net(net, cfg, *, mlflow_loader: Optional[MlflowLoader] = None):
     report = None
     source = getattr(cfg, "pretrained", None)
     if source:
-        report = load_pretrained(net, source, sha256=cfg.pretrained_sha256, mlflow_loader=mlflow_loader)
+        report = load_pretrained(net, source, sha256=cfg.pretrained_sha256, mlflow_loader=mlflow_loader,
+                                 trust_pickle=bool(getattr(cfg, "pretrained_trust_pickle", False)))
     return net, report

@@ -168,7 +168,9 @@ def load_pretrained(
         sha256: expected SHA-256 of a URL's (or local file's) content.
         mlflow_loader: state dict of an MLflow model URI or folder, for ``runs:/`` / ``models:/`` sources, e.g.
             ``functools.partial(medpipe.tracking.load_model_state_dict, tracking_uri=...)``.
-        trust_pickle: see ``resolve_pretrained``.
+        trust_pickle: unpickle a source that holds more than tensors (a file, or an MLflow model with only a
+            pickled file); default ``False``: such sources are refused, because unpickling can run code. See
+            ``resolve_pretrained``.
 
     Returns:
         :class:`LoadReport` (also logged at INFO level).
@@ -177,7 +179,7 @@ def load_pretrained(
         FileNotFoundError: a local source does not exist (names the path).
         ValueError: no tensor at all matched by name and shape (names the source and sample keys of both sides;
             usually the wrong architecture or checkpoint); with ``strict_shapes``, any shape mismatch; an MLflow
-            source without ``mlflow_loader``.
+            source without ``mlflow_loader``; a pickled source without ``trust_pickle``.
         medpipe.nets.weight_sources.PretrainedDownloadError: see ``resolve_pretrained``.
     """
     label = "<state dict>" if isinstance(source, Mapping) else os.fspath(source)

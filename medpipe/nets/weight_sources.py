@@ -19,8 +19,10 @@ copies what fits into a network.
 Safety: files are read with ``torch.load(weights_only=True)``. A whole pickled module is accepted only when
 every class it names is a ``torch.nn.Module`` subclass from ``torch.nn``, ``monai`` or ``medpipe`` (still with
 ``weights_only=True``, those classes allow-listed); anything else needs ``trust_pickle=True``, because
-unpickling arbitrary objects can run code. MLflow models are loaded by the caller's loader (medpipe's uses
-``mlflow.pytorch.load_model``, which unpickles): use URIs of your own tracking server.
+unpickling arbitrary objects can run code. MLflow models are loaded by the caller's loader: medpipe's
+(:func:`medpipe.mlflow_models.load_model_state_dict`) reads the model's weights-only ``extra_files/state_dict.pt``
+with ``weights_only=True`` and refuses a model that has only a pickled file unless ``trust_pickle=True`` is passed
+on (it is, to the loader, as ``loader(uri, trust_pickle=True)``).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ __all__ = [
 
 #: A pretrained source: a path, a URI / URL string, or an already loaded state dict.
 Source = Union[str, os.PathLike, Mapping]
-#: Given an MLflow model URI (``runs:/``, ``models:/``) or a local MLflow model folder, its state dict.
+#: Given an MLflow model URI (``runs:/``, ``models:/``) or a local MLflow model folder, its state dict. Called as
+#: ``loader(uri)``, and as ``loader(uri, trust_pickle=True)`` when the caller trusts pickled models.
 MlflowLoader = Callable[[str], Mapping[str, torch.Tensor]]
 
 #: URI schemes handed to MLflow.
@@ -147,9 +150,11 @@ def resolve_pretrained(
             files when given.
         mlflow_loader: for MLflow sources only: called with the URI (or the resolved MLflow model folder path)
             and returns its state dict, e.g. ``functools.partial(medpipe.tracking.load_model_state_dict,
-            tracking_uri="sqlite:///mlflow.db")``.
-        trust_pickle: allow unpickling arbitrary objects from a local file (``torch.load(weights_only=False)``).
-            Only for files you trust: unpickling can run code.
+            tracking_uri="sqlite:///mlflow.db")``; with ``trust_pickle`` it is called as
+            ``mlflow_loader(uri, trust_pickle=True)``.
+        trust_pickle: allow unpickling arbitrary objects from a local file (``torch.load(weights_only=False)``)
+            or an MLflow model that has only a pickled file (passed on to ``mlflow_loader``). Only for sources you
+            trust: unpickling can run code.
         timeout: seconds to wait for a URL's server.
 
     Returns:
@@ -161,7 +166,8 @@ def resolve_pretrained(
         FileNotFoundError: a local ``source`` does not exist (the message names the resolved path).
         ValueError: a URL without ``sha256``, a malformed ``sha256``, a checksum mismatch, a file that is not a
             state dict / checkpoint / module, a pickled file refused without ``trust_pickle``, or an MLflow
-            source without ``mlflow_loader``.
+            source without ``mlflow_loader``. medpipe's MLflow loader refuses a pickled-only model with
+            ``medpipe.mlflow_models.UntrustedModelError`` (a ``ValueError``).
         PretrainedDownloadError: a URL could not be downloaded (the message names the URL and says to download
             it and pass a local path).
         Exception: whatever ``mlflow_loader`` raises for an MLflow source it cannot resolve.
@@ -172,7 +178,7 @@ def resolve_pretrained(
         raise ValueError(f"sha256 for pretrained weights {source!s} must be 64 hex digits, got {sha256!r}")
     text = os.fspath(source)
     if is_mlflow_uri(text):
-        return _from_mlflow(text, text, mlflow_loader)
+        return _from_mlflow(text, text, mlflow_loader, trust_pickle)
     if text.lower().startswith(URL_SCHEMES):
         path = _download(text, sha256, cache_dir, timeout)
         return _load_file(path, text, trust_pickle)
@@ -189,7 +195,7 @@ def resolve_pretrained(
         )
     if path.is_dir():
         if (path / "MLmodel").is_file():
-            return _from_mlflow(str(path.resolve()), text, mlflow_loader)
+            return _from_mlflow(str(path.resolve()), text, mlflow_loader, trust_pickle)
         raise ValueError(f"pretrained source {path} is a folder without an MLmodel file; give a weights file")
     if sha256 is not None and not check_hash(path, sha256.lower(), "sha256"):
         raise ValueError(f"checksum mismatch for pretrained weights {path}: expected sha256 {sha256}, "
@@ -197,8 +203,10 @@ def resolve_pretrained(
     return _load_file(path, text, trust_pickle)
 
 
-def _from_mlflow(uri: str, label: str, loader: Optional[MlflowLoader]) -> Dict[str, torch.Tensor]:
-    """State dict of an MLflow model URI or folder through the caller's ``loader``."""
+def _from_mlflow(uri: str, label: str, loader: Optional[MlflowLoader], trust_pickle: bool = False
+                 ) -> Dict[str, torch.Tensor]:
+    """State dict of an MLflow model URI or folder through the caller's ``loader`` (called with
+    ``trust_pickle=True`` only when the caller trusts pickled models, so one-argument loaders keep working)."""
     if loader is None:
         raise ValueError(
             f"pretrained source {label!r} is an MLflow model, and loading one needs MLflow, which medpipe.nets "
@@ -206,7 +214,7 @@ def _from_mlflow(uri: str, label: str, loader: Optional[MlflowLoader]) -> Dict[s
             f"tracking_uri=...) (the workflow does this), or give a weights file instead"
         )
     logger.info("loading pretrained weights from MLflow model %s", uri)
-    return _to_state_dict(loader(uri), label)
+    return _to_state_dict(loader(uri, trust_pickle=True) if trust_pickle else loader(uri), label)
 
 
 def _download(url: str, sha256: Optional[str], cache_dir, timeout: float) -> Path:

@@ -24,7 +24,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
-    p.add_argument("--max-pixels", type=int, default=100_000_000, help="largest accepted width x height")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="largest accepted width x height, checked before decoding (default: sized to the model, "
+                        "256 network inputs, at least 4096 x 4096 and at most 100 000 000; GET /model shows it); "
+                        "applies instead of Pillow's own limit")
+    p.add_argument("--timeout-s", type=float, default=30.0,
+                   help="time limit of one request in seconds, from its arrival: upload (408), waiting and "
+                        "predicting (503) (default 30)")
+    p.add_argument("--max-queue", type=int, default=4,
+                   help="requests that may wait while one predicts; more get 503 with Retry-After (default 4)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow weights that exist only as a pickled MLflow model: unpickling runs code from the run "
+                        "folder, so use it only for run folders you made yourself (default: tensors only)")
     p.add_argument("--keep-uploads", default=None, metavar="DIR",
                    help="keep a copy of every upload in DIR (default: nothing is kept on disk)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -44,11 +55,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}\n  install the server: pip install 'medpipe[serve]'", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.model, args.tracking_uri, args.device, args.keep_uploads)
+        model = load_model(args.model, args.tracking_uri, args.device, args.keep_uploads,
+                           trust_pickle=args.trust_pickle)
     except Exception as exc:  # FileNotFoundError, ConfigError, MlflowException, RuntimeError: report and exit
         print(f"error: cannot load model {args.model!r}: {exc}", file=sys.stderr)
         return 2
-    settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                             timeout_s=args.timeout_s, max_queue=args.max_queue)
     app = create_app(model, settings)
     print(f"serving {model.cfg.name} ({model.task}) on http://{args.host}:{args.port}/  (API docs: /docs)",
           file=sys.stderr)

@@ -8,28 +8,40 @@ Endpoints:
 * ``GET /model`` -> pipeline name, task, classes, the run's metrics and the input spec;
 * ``GET /`` -> the web page (``static/index.html``, plain HTML/CSS/JS); OpenAPI docs at ``/docs``.
 
-Bad input never stops the server: a wrong file type is answered 415, a file over ``max_upload_bytes`` 413, a
-corrupt file or one that does not fit the model (channels, dimensions) 422, each with ``{"detail": message}``.
+Bad input never stops the server: a wrong file type is answered 415, a file over ``max_upload_bytes`` or
+``max_pixels`` 413, a corrupt file or one that does not fit the model (channels, dimensions, bit depth) 422, each
+with ``{"detail": message}``.
+
+Work per request is bounded (see :class:`ServeSettings`): the pixel limit (by default sized to the model,
+:func:`medpipe.serve.limits.default_max_pixels`) is checked from the image header before decoding; every request has
+a time limit from its admission (reading the upload, 408 when too slow; waiting for and running the prediction, 503),
+checked before every forward pass of the network; at most ``1 + max_queue`` requests are admitted at once, others
+are answered 503 with ``Retry-After`` without their upload being read. Decoding and predicting run in a thread pool
+of that size, never on the event loop, so ``/health`` and ``/model`` answer while a prediction runs.
 Uploads are read into memory (never spooled to disk by the multipart parser) and handed to the pipeline through
 a scratch file in ``/dev/shm`` that is deleted after the prediction, unless ``keep_uploads`` is set.
 
 Needs the ``serve`` extra: ``pip install 'medpipe[serve]'`` (fastapi, uvicorn, python-multipart).
 """
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from medpipe import __version__
 from medpipe.serve.images import InputError, decode_upload
+from medpipe.serve.limits import Deadline, Gate, check_intensity, default_max_pixels, intensity_window
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ServeSettings", "create_app", "read_upload", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).parent / "static"
+_GRACE_S = 2.0  # seconds past the time limit that the answer waits for a forward pass in progress to finish
 _HINT = "medpipe.serve needs the web server extra: pip install 'medpipe[serve]' (fastapi, uvicorn, python-multipart)"
 
 
@@ -39,11 +51,21 @@ class ServeSettings:
 
     Attributes:
         max_upload_bytes: largest accepted upload (default 20 MB = 20 * 1024 * 1024 bytes); larger: 413.
-        max_pixels: largest accepted width x height of an image (decompression-bomb guard); larger: 413.
+        max_pixels: largest accepted width x height of an image, checked from the header before decoding
+            (decompression bombs, work per request); larger: 413. ``None`` (default): sized to the model by
+            :func:`medpipe.serve.limits.default_max_pixels`. Applies instead of Pillow's ``MAX_IMAGE_PIXELS``,
+            above or below it.
+        timeout_s: time limit of one request in seconds, from its admission (default 30): reading the upload
+            (then 408), waiting for the predictions ahead of it and predicting (then 503). Checked before every
+            forward pass of the network; one forward pass is not interrupted.
+        max_queue: requests that may wait while one is predicting (default 4); more at once: 503 with
+            ``Retry-After``.
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 100_000_000
+    max_pixels: Optional[int] = None
+    timeout_s: float = 30.0
+    max_queue: int = 4
 
 
 def _import_fastapi():
@@ -119,7 +141,7 @@ def create_app(model, settings: Optional[ServeSettings] = None):
 
     Args:
         model: a :class:`medpipe.serve.model.ServedModel` (from :func:`medpipe.serve.model.load_model`).
-        settings: :class:`ServeSettings` (defaults: 20 MB uploads).
+        settings: :class:`ServeSettings` (defaults: 20 MB uploads, pixels sized to the model, 30 s, 4 waiting).
 
     Returns:
         ``fastapi.FastAPI``.
@@ -131,6 +153,11 @@ def create_app(model, settings: Optional[ServeSettings] = None):
     from fastapi import FastAPI
 
     settings = settings or ServeSettings()
+    pixels, rule = default_max_pixels(model.cfg)
+    limits = {"max_upload_bytes": settings.max_upload_bytes,
+              "max_pixels": settings.max_pixels or pixels,
+              "max_pixels_rule": "--max-pixels" if settings.max_pixels else rule,
+              "timeout_s": settings.timeout_s, "max_queue": settings.max_queue}
     desc = model.describe()
     app = FastAPI(
         title=f"medpipe: {desc['pipeline']}",
@@ -138,15 +165,18 @@ def create_app(model, settings: Optional[ServeSettings] = None):
         description=(f"{desc['task']} model `{desc['net']}` of pipeline `{desc['pipeline']}` from `{desc['source']}`."
                      "\n\nResearch software: **not a medical device**; not for diagnosis or treatment."),
     )
-    counts = {"predictions": 0, "rejected": 0}
-    _add_info_routes(app, desc, settings, counts)
-    _add_predict_route(app, model, settings, counts)
+    counts = {"predictions": 0, "rejected": 0, "busy": 0}
+    gate = Gate(1 + max(0, settings.max_queue), settings.timeout_s)
+    _add_info_routes(app, desc, limits, counts, gate)
+    _add_predict_route(app, model, limits, counts, gate)
     _add_page_routes(app)
     return app
 
 
-def _add_info_routes(app, desc: Dict[str, Any], settings: ServeSettings, counts: Dict[str, int]) -> None:
-    """The ``InputError`` handler (counts rejections), ``GET /health`` and ``GET /model``."""
+def _add_info_routes(app, desc: Dict[str, Any], limits: Dict[str, Any], counts: Dict[str, int], gate: Gate
+                     ) -> None:
+    """The ``InputError`` handler (counts rejections and busy answers), ``GET /health`` and ``GET /model`` (both
+    ``async``: answered on the event loop, never waiting for a worker thread)."""
     from fastapi import Request
     from fastapi.responses import JSONResponse
 
@@ -154,30 +184,42 @@ def _add_info_routes(app, desc: Dict[str, Any], settings: ServeSettings, counts:
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError):
-        counts["rejected"] += 1
+        counts["busy" if exc.status == 503 else "rejected"] += 1
         logger.info("rejected upload: %s %s", exc.status, exc.message)
-        return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message}, headers=exc.headers)
 
     @app.get("/health", summary="Liveness and model identity")
-    def health() -> Dict[str, Any]:
-        """``{"status": "ok", pipeline, task, uptime_seconds, predictions, rejected}``."""
+    async def health() -> Dict[str, Any]:
+        """``{"status": "ok", pipeline, task, uptime_seconds, predictions, rejected, busy, in_flight}``."""
         return {"status": "ok", "pipeline": desc["pipeline"], "task": desc["task"],
-                "uptime_seconds": round(time.time() - started, 1), **counts}
+                "uptime_seconds": round(time.time() - started, 1), **counts, "in_flight": gate.in_flight}
 
     @app.get("/model", summary="The served pipeline: name, task, classes, metrics of its run, input spec")
-    def model_info() -> Dict[str, Any]:
-        """:meth:`ServedModel.describe` with the upload limits."""
-        return {**desc, "limits": {"max_upload_bytes": settings.max_upload_bytes,
-                                   "max_pixels": settings.max_pixels}}
+    async def model_info() -> Dict[str, Any]:
+        """:meth:`ServedModel.describe` with the limits (upload bytes, pixels and their rule, time, queue)."""
+        return {**desc, "limits": limits}
 
 
-def _add_predict_route(app, model, settings: ServeSettings, counts: Dict[str, int]) -> None:
-    """``POST /predict``: upload -> decode -> :meth:`ServedModel.predict` in a worker thread."""
+def _add_predict_route(app, model, limits: Dict[str, Any], counts: Dict[str, int], gate: Gate) -> None:
+    """``POST /predict``: admission (:class:`Gate`) -> upload -> decode, checks and :meth:`ServedModel.predict` in
+    a worker thread, all within the request's :class:`Deadline`."""
     from fastapi import Query, Request
+
+    executor = ThreadPoolExecutor(max_workers=gate.capacity, thread_name_prefix="medpipe-predict")
+    window = intensity_window(model.cfg)
+
+    def work(job: Deadline, data: bytes, preview: bool) -> Dict[str, Any]:
+        try:
+            decoded = decode_upload(data, limits["max_pixels"])
+            check_intensity(decoded, window, model.cfg.name)
+            return model.predict(decoded, preview, deadline=job)
+        finally:
+            gate.leave(job)  # the place is freed when the work has really stopped
 
     predict_doc = ("Predict one image. Send it as multipart form field `file` (PNG, JPEG or DICOM Part 10). "
                    "Classifier: `label`, `probabilities`; segmenter: `mask_png` (base64) and `area`. Errors: 413 too "
-                   "large, 415 not an image type, 422 corrupt or not fitting the model.")
+                   "large, 415 not an image type, 422 corrupt or not fitting the model, 408 upload too slow, 503 "
+                   "busy (with Retry-After) or over the time limit.")
 
     @app.post("/predict", summary="Predict one uploaded image", description=predict_doc,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -185,11 +227,23 @@ def _add_predict_route(app, model, settings: ServeSettings, counts: Dict[str, in
                   "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
     async def predict(request: Request, preview: bool = Query(False, description="add the image as preview_png")):
         """:meth:`ServedModel.predict` of the uploaded file (run in a worker thread)."""
-        data = await read_upload(request, settings.max_upload_bytes)
-        decoded = decode_upload(data, settings.max_pixels)
-        from starlette.concurrency import run_in_threadpool
-
-        result = await run_in_threadpool(model.predict, decoded, preview)
+        job = gate.enter()
+        future = None
+        try:
+            data = await asyncio.wait_for(read_upload(request, limits["max_upload_bytes"]), job.remaining())
+            future = asyncio.get_running_loop().run_in_executor(executor, work, job, data, preview)
+        except asyncio.TimeoutError:
+            raise InputError(408, f"the upload was not received within the limit of {job.limit_s:g} s "
+                             "(--timeout-s)") from None
+        finally:
+            if future is None:
+                gate.leave(job)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
+        try:  # the worker stops itself at the limit; the grace covers a forward pass in progress
+            result = await asyncio.wait_for(asyncio.shield(future), job.remaining() + _GRACE_S)
+        except asyncio.TimeoutError:
+            job.cancel()
+            raise job.error("while the network was running") from None
         counts["predictions"] += 1
         return result
 

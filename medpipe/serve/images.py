@@ -13,7 +13,15 @@ a DICOM is turned into the grey-level picture a viewer would show, written as an
 4. pixel spacing read from *Pixel Spacing* (0028,0030), else *Imager Pixel Spacing* (0018,1164) (projection
    radiographs: at the detector, not corrected for magnification); zero or missing spacing is reported unknown.
 
-Only single-frame 2D DICOM images are accepted (grey, or RGB for colour photometric interpretations).
+Only single-frame 2D DICOM images are accepted (grey, or RGB for colour photometric interpretations). The numbers
+that steps 1 and 2 use (*Rescale Slope / Intercept*, *Window Center / Width*) must be finite, and the slope non-zero:
+a NaN or infinite value would otherwise give a black (or constant) picture that the model still predicts on.
+
+Decompression bombs: the image size is read from the file's header and checked against the server's own pixel limit
+before anything is decoded. PNG and JPEG files are opened with Pillow's format plugins directly, so Pillow's
+process-wide ``Image.MAX_IMAGE_PIXELS`` neither refuses an image the server allows nor lets through one it refuses;
+only while the pipeline's own ``LoadImaged`` reads an allowed image above Pillow's limit is that limit raised to the
+image's size (:func:`pillow_allows`), and restored afterwards.
 
 Sources: DICOM PS3.3 C.11.1 (modality LUT), C.11.2 (VOI LUT and windowing), C.7.6.3.1.2 (photometric
 interpretation), C.7.6.2.1.1 / C.8.11.7 (Pixel Spacing / Imager Pixel Spacing).
@@ -23,14 +31,18 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InputError", "DecodedImage", "sniff_format", "decode_upload", "dicom_to_uint8"]
+__all__ = ["InputError", "DecodedImage", "sniff_format", "open_image", "pillow_allows", "decode_upload",
+           "dicom_to_uint8"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -40,14 +52,17 @@ class InputError(ValueError):
     """An upload the server cannot predict on; carries the HTTP status to answer with.
 
     Attributes:
-        status: 413 (too large), 415 (not PNG/JPEG/DICOM), 422 (corrupt, or does not fit the model).
+        status: 408 (upload too slow), 413 (too large), 415 (not PNG/JPEG/DICOM), 422 (corrupt, or does not fit
+            the model), 503 (server busy, or the prediction ran past the time limit).
         message: what was wrong and what is expected.
+        headers: extra response headers (``Retry-After`` for a busy server), or ``None``.
     """
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass
@@ -61,6 +76,9 @@ class DecodedImage:
         suffix: file name suffix for ``data`` (``.png`` / ``.jpeg``).
         width, height: size in pixels.
         mode: PIL mode of ``data`` (``L``, ``RGB``, ``I;16``, ...).
+        bits: bits per sample of the decoded values (8 for ``L``/``RGB``/``P``..., 16 for ``I;16*``, 32 for ``I``
+            and ``F``).
+        value_range: ``(min, max)`` of the decoded values when ``bits`` > 8, else ``None`` (0..255).
         pixel_spacing_mm: ``(row spacing, column spacing)`` in mm, or ``None`` when unknown.
         info: extra facts for the response (DICOM modality, photometric interpretation, VOI applied, ...).
     """
@@ -73,6 +91,13 @@ class DecodedImage:
     mode: str
     pixel_spacing_mm: Optional[Tuple[float, float]] = None
     info: Dict[str, Any] = field(default_factory=dict)
+    bits: int = 8
+    value_range: Optional[Tuple[float, float]] = None
+
+    @property
+    def pixels(self) -> int:
+        """``width * height``."""
+        return self.width * self.height
 
 
 def sniff_format(data: bytes) -> Optional[str]:
@@ -87,18 +112,73 @@ def sniff_format(data: bytes) -> Optional[str]:
     return None
 
 
+def open_image(data: bytes, kind: Optional[str] = None):
+    """A lazily decoding ``PIL.Image`` of PNG or JPEG bytes, opened with Pillow's format plugin directly.
+
+    Unlike ``PIL.Image.open`` this does not apply Pillow's process-wide ``MAX_IMAGE_PIXELS`` check (warning above
+    it, ``DecompressionBombError`` above twice it): only the header is read here, and the caller checks the size
+    against its own limit before calling ``load()``.
+
+    Args:
+        data: the file's bytes.
+        kind: ``"png"`` or ``"jpeg"`` (default: :func:`sniff_format`).
+
+    Raises:
+        ValueError: neither PNG nor JPEG. Pillow's errors (``SyntaxError``, ``OSError``) for a corrupt header.
+    """
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    kind = kind or sniff_format(data)
+    plugins = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.JpegImageFile}
+    if kind not in plugins:
+        raise ValueError(f"not a PNG or JPEG file (found {kind or 'unknown'})")
+    return plugins[kind](io.BytesIO(data))
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def pillow_allows(pixels: int) -> Iterator[None]:
+    """Let ``PIL.Image.open`` (the pipeline's ``LoadImaged``) open an image of ``pixels`` pixels that the server has
+    already allowed, without a ``DecompressionBombWarning`` or ``DecompressionBombError``.
+
+    Pillow's ``Image.MAX_IMAGE_PIXELS`` is left alone when ``pixels`` is within it (the usual case); otherwise it
+    is raised to ``pixels`` for the duration of the block (one such block at a time) and restored afterwards.
+    """
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is None or pixels <= Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with _PIL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(pixels, previous or 0)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
 def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
     if width * height > max_pixels:
         raise InputError(413, f"{what} is {width} x {height} = {width * height} pixels; the limit is {max_pixels} "
-                         "pixels (--max-pixels)")
+                         "pixels (--max-pixels; GET /model says how the default is sized to the model): send a "
+                         "smaller image")
+
+
+_BITS = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
 def decode_upload(data: bytes, max_pixels: int = 100_000_000) -> DecodedImage:
     """Check an upload and prepare it for the pipeline.
 
+    The size is checked from the header, before any pixel is decoded, against ``max_pixels`` only (not Pillow's
+    own ``Image.MAX_IMAGE_PIXELS``).
+
     Args:
         data: the uploaded file's bytes.
-        max_pixels: largest accepted width x height (guards against decompression bombs).
+        max_pixels: largest accepted width x height (guards against decompression bombs and bounds the work).
 
     Returns:
         :class:`DecodedImage`.
@@ -114,19 +194,23 @@ def decode_upload(data: bytes, max_pixels: int = 100_000_000) -> DecodedImage:
                          f"preamble) file; the upload starts with {head}")
     if kind == "dicom":
         return _decode_dicom(data, max_pixels)
-    from PIL import Image
-
     what = kind.upper()
+    value_range = None
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data, kind) as img:
             _check_pixels(img.width, img.height, max_pixels, f"the {what} image")
             img.load()  # decodes everything: a truncated or corrupt file fails here
             width, height, mode = img.width, img.height, img.mode
+            bits = _BITS.get(mode, 8)
+            if bits > 8:
+                values = np.asarray(img)
+                value_range = (float(values.min()), float(values.max()))
     except InputError:
         raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise InputError(422, f"corrupt or truncated {what} file: {exc}") from None
-    return DecodedImage(kind, data, ".png" if kind == "png" else ".jpeg", width, height, mode)
+    return DecodedImage(kind, data, ".png" if kind == "png" else ".jpeg", width, height, mode, bits=bits,
+                        value_range=value_range)
 
 
 def _spacing(ds) -> Tuple[Optional[Tuple[float, float]], Optional[str]]:
@@ -138,7 +222,7 @@ def _spacing(ds) -> Tuple[Optional[Tuple[float, float]], Optional[str]]:
             row, col = float(value[0]), float(value[1])
         except (TypeError, ValueError, IndexError):
             continue
-        if row > 0 and col > 0:
+        if row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col):
             return (row, col), keyword
     return None, None
 
@@ -166,6 +250,36 @@ def _voi_range(ds, voi: np.ndarray) -> Tuple[float, float, str]:
     return float(voi.min()), float(voi.max()), "none (min..max of the image)"
 
 
+_RENDER_FIELDS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+
+
+def _check_render_fields(ds) -> None:
+    """422 when a number the rendering uses is not a finite number (or the rescale slope is 0), naming the field."""
+    for keyword in _RENDER_FIELDS:
+        if keyword not in ds:
+            continue
+        elem = ds.data_element(keyword)
+        where = f"DICOM field {keyword} ({elem.tag.group:04X},{elem.tag.element:04X})"
+        try:
+            raw = elem.value
+        except Exception as exc:  # pydicom converts the stored text on access: ValueError, OverflowError, ...
+            raise InputError(422, f"{where} cannot be read ({exc}): expected a number") from None
+        if raw is None or raw == "":
+            continue
+        values = list(raw) if elem.VM > 1 else [raw]
+        for value in values:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise InputError(422, f"{where} is {str(value)!r}: expected a number") from None
+            if not math.isfinite(number):
+                raise InputError(422, f"{where} is {number}: expected a finite number; the image cannot be "
+                                 "rendered (it would come out black or constant)")
+            if keyword == "RescaleSlope" and number == 0:
+                raise InputError(422, f"{where} is 0: every pixel would get the same value; expected a non-zero "
+                                 "slope (1 when the stored values are the modality values)")
+
+
 def dicom_to_uint8(ds) -> Tuple[np.ndarray, Dict[str, Any]]:
     """The displayed grey levels (or RGB) of a single-frame DICOM image as uint8.
 
@@ -177,7 +291,9 @@ def dicom_to_uint8(ds) -> Tuple[np.ndarray, Dict[str, Any]]:
         inverted) or ``(H, W, 3)`` uint8 RGB; ``info`` says what was applied.
 
     Raises:
-        InputError: 422 for missing pixel data, several frames or an unsupported layout.
+        InputError: 422 for missing pixel data, several frames or an unsupported layout; a non-numeric, NaN or
+            infinite *Rescale Slope / Intercept* or *Window Center / Width* (or a slope of 0), naming the field;
+            rendered values that are not finite.
     """
     from pydicom.pixels import apply_rescale, apply_voi_lut
 
@@ -206,10 +322,14 @@ def dicom_to_uint8(ds) -> Tuple[np.ndarray, Dict[str, Any]]:
     else:
         if arr.ndim != 2:
             raise InputError(422, f"unexpected DICOM pixel array shape {arr.shape}; expected one 2D frame")
+        _check_render_fields(ds)
         values = apply_rescale(arr, ds)
         voi = apply_voi_lut(values, ds, prefer_lut=True)
         lo, hi, info["voi"] = _voi_range(ds, voi)
         arr = np.asarray(voi, dtype=np.float64)
+        if not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(arr).all()):
+            raise InputError(422, f"the DICOM image renders to non-finite values (VOI {info['voi']}, range {lo:g} .."
+                             f" {hi:g}); check its {', '.join(_RENDER_FIELDS)} and VOI LUT")
     scaled = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
     out = np.round(scaled * 255.0).astype(np.uint8)
     if photometric == "MONOCHROME1":

@@ -14,6 +14,11 @@ inputs go through ``PipelineConfig.infer_transforms()`` built by :func:`medpipe.
 segmenters predict with :func:`medpipe.inference.predict.predict_case` and the run's sliding-window settings:
 the same code path as ``medpipe.run``. Classifiers give ``softmax(net(x))`` (what ``medpipe.run``'s evaluation
 computes) and the label by the run's operating threshold (two classes, from ``metrics.json``) or argmax.
+
+Weights are loaded as tensors only; a run folder whose weights exist only as a pickled MLflow model is served only
+with ``trust_pickle=True`` (``--trust-pickle``), which runs whatever code the pickle holds: use it only for run
+folders you made yourself. ``GET /model`` shows no absolute server paths: a folder is named by its last component
+and absolute paths in transform arguments by their file name.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from medpipe.config import PipelineConfig
-from medpipe.runs import TrainedRun, load_trained
-from medpipe.serve.images import DecodedImage, InputError
+from medpipe.runs import TrainedRun, is_model_uri, load_trained
+from medpipe.serve.images import DecodedImage, InputError, pillow_allows
+from medpipe.serve.limits import Deadline
 from medpipe.serve.previews import grey_to_rgb_png, png_b64, preview_png
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServedModel", "load_model", "scratch_dir"]
+__all__ = ["ServedModel", "load_model", "scratch_dir", "public_source"]
 
 _GREY_MODES = ("L", "I;16", "I")
 
@@ -47,6 +53,24 @@ def scratch_dir() -> str:
     else the system temporary folder."""
     shm = "/dev/shm"
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def public_source(source: str) -> str:
+    """What the server may show of where its model came from: an MLflow model URI as it is, a folder by its last
+    component only (``/srv/runs/em_unet-2026.../`` -> ``em_unet-2026...``)."""
+    source = str(source)
+    return source if is_model_uri(source) else (Path(source).name or source)
+
+
+def _without_paths(value: Any) -> Any:
+    """``value`` (JSON-like) with every absolute path string replaced by its file name."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+        return Path(value).name
+    return value
 
 
 @dataclass
@@ -100,7 +124,7 @@ class ServedModel:
         cfg, run = self.cfg, self.trained
         metrics = run.metrics or {}
         out: Dict[str, Any] = {
-            "pipeline": cfg.name, "task": cfg.task, "source": run.source, "run_id": run.run_id,
+            "pipeline": cfg.name, "task": cfg.task, "source": public_source(run.source), "run_id": run.run_id,
             "net": cfg.net.name, "classes": run.classes, "metrics": metrics.get("final", {}),
             "input": self.input_spec(),
         }
@@ -115,7 +139,7 @@ class ServedModel:
             out["num_classes"] = cfg.net.out_channels
             out["sliding_window"] = {"roi_size": list(cfg.infer.roi_size), "overlap": cfg.infer.overlap,
                                      "sw_batch_size": cfg.infer.sw_batch_size, "mode": cfg.infer.mode}
-        return out
+        return _without_paths(out)
 
     def input_spec(self) -> Dict[str, Any]:
         """Accepted files and what the network receives."""
@@ -125,7 +149,7 @@ class ServedModel:
             "spatial_dims": net.spatial_dims, "in_channels": net.in_channels,
             "tensor": f"(1, {net.in_channels}, H, W) float32" if net.spatial_dims == 2 else
                       f"(1, {net.in_channels}, H, W, D) float32",
-            "transforms": [{"name": t.name, **t.kwargs} for t in self.cfg.infer_transforms()],
+            "transforms": [{"name": t.name, **_without_paths(t.kwargs)} for t in self.cfg.infer_transforms()],
         }
 
     def _decision_rule(self) -> str:
@@ -135,11 +159,13 @@ class ServedModel:
         return "the most probable class (argmax)"
 
     # ---------------------------------------------------------------------------------------------- predict
-    def predict_file(self, path: str) -> Dict[str, Any]:
+    def predict_file(self, path: str, deadline: Optional[Deadline] = None) -> Dict[str, Any]:
         """Predict an image file through the pipeline's transforms.
 
         Args:
             path: a file the pipeline's ``LoadImaged`` reads (PNG/JPEG for the bundled pipelines).
+            deadline: the request's time limit, checked before and after the transforms and before every forward
+                pass of the network (each sliding-window batch); ``None``: no limit.
 
         Returns:
             Classifier: ``{"probabilities": (C,) float64 array, "label_index": int}``. Segmenter:
@@ -147,15 +173,16 @@ class ServedModel:
 
         Raises:
             InputError: 422 when the transforms fail on the image or the result has the wrong number of channels
-                or dimensions for the network.
+                or dimensions for the network; 503 when ``deadline`` passes.
         """
-        import torch
-
         cfg = self.cfg
+        if deadline is not None:
+            deadline.check("before the pipeline's transforms")
         try:
             data = self.transform({"image": path})
         except Exception as exc:  # MONAI wraps errors of a transform in RuntimeError with the chain's text
             msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            msg = msg.replace(path, "<upload>")  # no server paths in answers
             raise InputError(422, f"the image does not fit pipeline {cfg.name!r}'s transforms: {msg}") from None
         image = data["image"]
         want_ndim = cfg.net.spatial_dims + 1
@@ -164,6 +191,20 @@ class ServedModel:
                              f"{cfg.net.in_channels} channel(s) of a {cfg.net.spatial_dims}D image, i.e. "
                              f"(C={cfg.net.in_channels}, spatial...) after its transforms; this image gives shape "
                              f"{tuple(image.shape)} (e.g. a colour image for a grey-level model)")
+        if deadline is None:
+            return self._run_net(path, data)
+        step = "between network windows" if cfg.task == "segmentation" else "before the network"
+        hook = self.net.register_forward_pre_hook(lambda module, args: deadline.check(step))
+        try:
+            return self._run_net(path, data)
+        finally:
+            hook.remove()
+
+    def _run_net(self, path: str, data: Dict[str, Any]) -> Dict[str, Any]:
+        """The network part of :meth:`predict_file` on the transformed ``data``."""
+        import torch
+
+        cfg, image = self.cfg, data["image"]
         if cfg.task == "segmentation":
             from medpipe.inference.predict import predict_case
 
@@ -177,8 +218,9 @@ class ServedModel:
         label = int(probs[1] >= thr) if thr is not None and probs.shape[0] == 2 else int(probs.argmax())
         return {"probabilities": probs, "label_index": label}
 
-    def _predict_bytes(self, data: bytes, suffix: str) -> Dict[str, Any]:
-        """:meth:`predict_file` on ``data`` written to a scratch file that is removed afterwards."""
+    def _predict_bytes(self, data: bytes, suffix: str, pixels: int, deadline: Optional[Deadline]) -> Dict[str, Any]:
+        """:meth:`predict_file` on ``data`` (``pixels`` pixels, already allowed by the server) written to a scratch
+        file that is removed afterwards; one prediction at a time, waiting at most until ``deadline``."""
         fd, path = tempfile.mkstemp(suffix=suffix, prefix="medpipe-upload-", dir=scratch_dir())
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -186,22 +228,29 @@ class ServedModel:
             if self.keep_uploads is not None:
                 self.keep_uploads.mkdir(parents=True, exist_ok=True)
                 shutil.copy(path, self.keep_uploads / Path(path).name)
-            with self._lock:
-                return self.predict_file(path)
+            if not self._lock.acquire(timeout=-1 if deadline is None else deadline.remaining()):
+                err = deadline.error("while waiting for the predictions ahead of it")
+                err.headers = {"Retry-After": str(max(1, int(deadline.limit_s)))}
+                raise err
+            try:
+                with pillow_allows(pixels):
+                    return self.predict_file(path, deadline)
+            finally:
+                self._lock.release()
         finally:
             os.unlink(path)
 
-    def _predict_upload(self, decoded: DecodedImage):
+    def _predict_upload(self, decoded: DecodedImage, deadline: Optional[Deadline]):
         """``(raw prediction, conversion note or None)``: a grey image that does not fit a pipeline written for
         colour files (e.g. ``EnsureChannelFirstd channel_dim: -1`` then ``ToGrayscaled``, for RGB JPEGs) is tried
         once more with three equal channels."""
         try:
-            return self._predict_bytes(decoded.data, decoded.suffix), None
+            return self._predict_bytes(decoded.data, decoded.suffix, decoded.pixels, deadline), None
         except InputError as first:
             if first.status != 422 or decoded.mode not in _GREY_MODES:
                 raise
             try:
-                raw = self._predict_bytes(grey_to_rgb_png(decoded.data), ".png")
+                raw = self._predict_bytes(grey_to_rgb_png(decoded.data), ".png", decoded.pixels, deadline)
             except InputError:
                 raise first from None
             return raw, "grey -> RGB with three equal channels (the pipeline reads colour images)"
@@ -227,7 +276,8 @@ class ServedModel:
                 "area": {"foreground_pixels": fg, "foreground_fraction": fg / mask.size,
                          "foreground_mm2": fg * px_area if px_area else None, "per_class": per_class}}
 
-    def predict(self, decoded: DecodedImage, preview: bool = False) -> Dict[str, Any]:
+    def predict(self, decoded: DecodedImage, preview: bool = False, deadline: Optional[Deadline] = None
+                ) -> Dict[str, Any]:
         """Predict a decoded upload; the JSON body of ``POST /predict``.
 
         The upload is written to a scratch file (``/dev/shm`` where available) for the pipeline's ``LoadImaged``
@@ -243,11 +293,16 @@ class ServedModel:
             ``pipeline``, ``task``, ``seconds``; ``preview_png`` (base64, the grey levels the model saw before
             scaling, at most 1024 px) when ``preview``.
 
+        Args:
+            decoded: the checked upload (:func:`medpipe.serve.images.decode_upload`).
+            preview: add ``preview_png``.
+            deadline: the request's time limit (``None``: none); waiting for the prediction in progress counts.
+
         Raises:
-            InputError: see :meth:`predict_file`.
+            InputError: see :meth:`predict_file`; 503 when ``deadline`` passes while waiting or predicting.
         """
         t0 = time.perf_counter()
-        raw, converted = self._predict_upload(decoded)
+        raw, converted = self._predict_upload(decoded, deadline)
         cfg = self.cfg
         spacing = decoded.pixel_spacing_mm
         out: Dict[str, Any] = {
@@ -268,7 +323,7 @@ class ServedModel:
 
 
 def load_model(source: str, tracking_uri: Optional[str] = None, device: str = "cpu",
-               keep_uploads: Optional[str] = None) -> ServedModel:
+               keep_uploads: Optional[str] = None, trust_pickle: bool = False) -> ServedModel:
     """Load a trained pipeline for serving.
 
     Args:
@@ -276,6 +331,8 @@ def load_model(source: str, tracking_uri: Optional[str] = None, device: str = "c
         tracking_uri: MLflow tracking URI for URIs (default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         keep_uploads: folder to keep a copy of every upload in (default: keep nothing).
+        trust_pickle: allow weights that can only be unpickled (an MLflow ``model/`` saved as a pickled module),
+            which runs code from the run folder; default ``False``: tensors only.
 
     Returns:
         :class:`ServedModel`.
@@ -284,7 +341,7 @@ def load_model(source: str, tracking_uri: Optional[str] = None, device: str = "c
         FileNotFoundError, medpipe.config.ConfigError, mlflow.exceptions.MlflowException, RuntimeError: see
             :func:`medpipe.runs.load_trained`.
     """
-    trained = load_trained(source, tracking_uri, device)
+    trained = load_trained(source, tracking_uri, device, trust_pickle=trust_pickle)
     cfg = trained.cfg
     logger.info("serving %s (%s, %s) from %s", cfg.name, cfg.task, cfg.net.name, source)
     return ServedModel(trained, Path(keep_uploads) if keep_uploads else None)

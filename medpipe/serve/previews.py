@@ -1,5 +1,6 @@
 """Images the server sends back or re-encodes: base64 PNGs of masks and previews, and grey uploads given three equal
-channels for pipelines written for colour files. PIL and NumPy only (no torch)."""
+channels for pipelines written for colour files. PIL and NumPy only (no torch). Uploads are opened with
+:func:`medpipe.serve.images.open_image` (the server's pixel limit applies, not Pillow's process-wide one)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import io
 
 import numpy as np
 
-from medpipe.serve.images import DecodedImage
+from medpipe.serve.images import DecodedImage, open_image
 
 __all__ = ["png_b64", "grey_to_rgb_png", "preview_png"]
 
@@ -27,11 +28,11 @@ def grey_to_rgb_png(data: bytes) -> bytes:
     depths are clipped to 0..255).
 
     Raises:
-        PIL.UnidentifiedImageError: ``data`` is not an image PIL reads.
+        ValueError: ``data`` is not a PNG or JPEG file; Pillow's errors for a corrupt one.
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         if img.mode != "L":
             arr = np.asarray(img).astype(np.float64)
             img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -46,7 +47,7 @@ def preview_png(decoded: DecodedImage, max_side: int = 1024) -> str:
     0..255, and the image is shrunk (aspect kept) so that its longer side is at most ``max_side`` pixels."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(decoded.data)) as img:
+    with open_image(decoded.data) as img:
         if img.mode not in ("L", "RGB"):
             arr = np.asarray(img).astype(np.float64)
             lo, hi = float(arr.min()), float(arr.max())

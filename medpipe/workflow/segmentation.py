@@ -4,9 +4,12 @@ checkpoint re-evaluated on validation and masks predicted for ``infer.splits``."
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
 
-from medpipe.data.cases import resolve_root
+from medpipe.data.cases import Case, resolve_root
 from medpipe.data.discovery import discover_cases, discover_images
+from medpipe.data.expectations import Expectations, build_expectations
 from medpipe.data.splits import split_segmentation_cases
 from medpipe.data.transforms import build_transforms
 from medpipe.engine.trainer import build_evaluator
@@ -18,7 +21,19 @@ from medpipe.workflow.tasks import Outcome, RunState, Task, best_epoch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmentationTask"]
+__all__ = ["SegmentationTask", "SegmentationDiscovered"]
+
+
+@dataclass
+class SegmentationDiscovered(Discovered):
+    """The discovered cases of a segmentation run, with the unlabelled ``data.test_images`` checked together
+    with them (before training), to be predicted only.
+
+    Attributes:
+        unlabelled: cases ``{"image": path}`` of ``data.test_images`` that passed the integrity check.
+    """
+
+    unlabelled: List[Case] = field(default_factory=list)
 
 
 class SegmentationTask(Task):
@@ -32,21 +47,47 @@ class SegmentationTask(Task):
 
     name = "segmentation"
 
-    def discover(self) -> Discovered:
-        """Image/label pairs under ``data.root`` (``data.images`` + ``data.labels`` globs or a list file), reader
-        check, integrity check (``data.verify``)."""
+    def expectations(self) -> Expectations:
+        """What the chains expect of the files: ``transforms.train`` / ``val`` of image/label pairs (channels,
+        ``ScaleIntensityRanged`` window, label values through ``MapLabelValued`` ending in
+        ``0..net.out_channels-1``), and the inference chain of unlabelled images."""
         cfg = self.cfg
-        cases, problems = self.check_files(discover_cases(cfg.data))
-        return Discovered(cases, None, problems)
+        n_classes = max(cfg.net.out_channels, 2)  # one output channel: a binary mask {0, 1}
+        return build_expectations({"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val},
+                                  {"transforms.infer": cfg.infer_transforms()}, cfg.net.in_channels, n_classes,
+                                  f"net.out_channels {cfg.net.out_channels}")
+
+    def _test_image_cases(self) -> List[Case]:
+        """``{"image": path}`` of every ``data.test_images`` file (none without the setting)."""
+        cfg = self.cfg
+        if not cfg.data.test_images:
+            return []
+        return [{"image": f} for f in discover_images(resolve_root(cfg.data.root), cfg.data.test_images)]
+
+    def discover(self) -> Discovered:
+        """Image/label pairs under ``data.root`` (``data.images`` + ``data.labels`` globs or a list file) and the
+        unlabelled ``data.test_images``; reader check and one integrity check of them all (``data.verify``), so
+        a bad test image is found before training."""
+        labelled, unlabelled = discover_cases(self.cfg.data), self._test_image_cases()
+        kept, problems = self.check_files(labelled + unlabelled)
+        ok = {id(c) for c in kept}
+        return SegmentationDiscovered([c for c in labelled if id(c) in ok], None, problems,
+                                      [c for c in unlabelled if id(c) in ok])
+
+    def _unlabelled(self, discovered: Discovered) -> Tuple[List[Case], List[Dict[str, str]]]:
+        """The checked test images of ``discovered``, or (a :class:`Discovered` made elsewhere) found and checked
+        now, still before training."""
+        if isinstance(discovered, SegmentationDiscovered):
+            return discovered.unlabelled, []
+        return self.check_files(self._test_image_cases())
 
     def split(self, discovered: Discovered) -> PreparedData:
         """Train / val (/ test) by ``data.split``; a list file's predefined test rows and ``data.test_images``
         (unlabelled) are predicted (``infer.splits``), never trained or validated on."""
         cfg = self.cfg
         train, val, test = split_segmentation_cases(discovered.cases, cfg.data.split)
-        if cfg.data.test_images:
-            test = test + [{"image": f} for f in discover_images(resolve_root(cfg.data.root), cfg.data.test_images)]
-        return PreparedData(discovered.cases, train, val, test, discovered.problems)
+        unlabelled, problems = self._unlabelled(discovered)
+        return PreparedData(discovered.cases, train, val, test + unlabelled, discovered.problems + problems)
 
     def infer_transforms(self):
         """``transforms.infer`` (default: ``transforms.val`` without the ``label`` key)."""

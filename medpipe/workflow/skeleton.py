@@ -14,6 +14,7 @@ Run-folder names come from :mod:`medpipe.runs`; the task-specific steps from :mo
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -44,6 +45,9 @@ from medpipe.workflow.tasks import Outcome, RunState, Task
 logger = logging.getLogger("medpipe.run")
 
 __all__ = ["PipelineRun", "run_single", "task_for"]
+
+#: a full disk, a read-only or forbidden folder, a quota
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
 
 TASKS = {"segmentation": SegmentationTask, "classification": ClassificationTask}
 
@@ -99,7 +103,7 @@ class PipelineRun:
             self.initialize()
             return self.run()
         except OSError as exc:  # a full disk or read-only folder: name where, when the OS did not
-            if exc.filename is None and self.folder is not None:
+            if exc.filename is None and exc.errno in WRITE_ERRNOS and self.folder is not None:
                 exc.filename = str(self.folder.path)
             raise
         finally:

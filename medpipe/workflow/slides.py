@@ -15,6 +15,7 @@ import zarr
 from PIL import Image
 
 from medpipe.data.cases import DataError, resolve_root
+from medpipe.data.wsi import check_slide
 from medpipe.inference.slide import predict_slide_heatmap
 from medpipe.inference.slide_scoring import score_heatmap
 from medpipe.runs import no_nan
@@ -65,8 +66,15 @@ class SlideHeatmapTask(ClassificationTask):
     name = "slides"
 
     def check_inputs(self) -> None:
-        """A missing slide or mask fails before the data is read, not after training."""
-        slide_files(self.cfg)
+        """A missing, truncated, too large (for memory) or 16-bit slide, or a missing mask, fails before the data
+        is read, not after training (:func:`medpipe.data.wsi.check_slide`: headers only, no pixels decoded).
+
+        Raises:
+            FileNotFoundError: a slide or mask file does not exist.
+            medpipe.data.wsi.SlideError: a slide cannot be read (names the file and why).
+        """
+        for slide, _mask in slide_files(self.cfg):
+            check_slide(slide, self.cfg.slide_infer.backend)
 
     def finish(self, state: RunState) -> Outcome:
         """Classification finish, then heatmap and score every slide; adds ``slides`` to ``metrics.json`` and a

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from medpipe.config import PipelineConfig
 from medpipe.data.cases import Case
 from medpipe.data.discovery import check_reader_support
+from medpipe.data.expectations import Expectations, build_expectations
 from medpipe.data.integrity import verify_cases
 from medpipe.data.loaders import build_dataset, build_loader
 from medpipe.workflow.data import Discovered, PreparedData
@@ -125,10 +126,19 @@ class Task:
         """Split the discovered cases into train / val / test (no torch work)."""
         raise NotImplementedError
 
+    def expectations(self) -> Expectations:
+        """What ``transforms.train`` / ``transforms.val`` expect of the files they load: channels (ending in
+        ``net.in_channels``) and the ``ScaleIntensityRanged`` window (:mod:`medpipe.data.expectations`)."""
+        cfg = self.cfg
+        return build_expectations({"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val},
+                                  {}, getattr(cfg.net, "in_channels", None))
+
     def check_files(self, cases: List[Case]) -> Tuple[List[Case], List[Dict[str, str]]]:
-        """The checks every discovery ends with: the readers of ``transforms.train`` / ``transforms.val`` can read
-        these files, then the integrity check (``data.verify``; ``data.on_bad_image`` says whether a bad file
-        stops the run or is skipped).
+        """The checks every discovery ends with, before the first epoch: the readers of ``transforms.train`` /
+        ``transforms.val`` can read these files, then the integrity check (``data.verify``), which reads each
+        file once and compares it with what the transforms expect (:meth:`expectations`): readable, image and
+        mask sizes equal, finite values, channels, intensity range, label values. ``data.on_bad_image`` says
+        whether a bad file stops the run (all of them named at once) or is skipped (and listed).
 
         Returns:
             ``(cases kept, problems)``: problems are ``{"file", "reason"}`` rows of skipped files.
@@ -141,7 +151,7 @@ class Task:
         check_reader_support(cases, {"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val})
         if not cfg.data.verify:
             return list(cases), []
-        return verify_cases(cases, cfg.data.on_bad_image)
+        return verify_cases(cases, cfg.data.on_bad_image, self.expectations())
 
     def prepare(self, discovered: Optional[Discovered] = None) -> PreparedData:
         """:meth:`discover` (unless given: cross-validation discovers once for all folds), then :meth:`split`."""

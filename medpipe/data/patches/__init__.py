@@ -18,7 +18,7 @@ the patch is ``patch_size`` pixels of that level.
 Command line (:mod:`medpipe.data.patches.__main__`)::
 
     python -m medpipe.data.patches SLIDE --patch-size 28 --stride 28 --level 0 --out DIR \
-        [--min-tissue 0.5] [--mask MASK.png] [--random N --seed S]
+        [--min-tissue 0.5] [--mask MASK.png] [--random N --seed S] [--max-memory 8G] [--convert-16bit]
 """
 
 from medpipe.data.patches.reading import PatchDataset, iter_patch_arrays

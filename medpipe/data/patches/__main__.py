@@ -3,7 +3,11 @@
 ::
 
     python -m medpipe.data.patches SLIDE --patch-size 28 --stride 28 --level 0 --out DIR \
-        [--min-tissue 0.5] [--mask MASK.png] [--random N --seed S]
+        [--min-tissue 0.5] [--mask MASK.png] [--random N --seed S] [--max-memory 8G] [--convert-16bit]
+
+Bad input gives one line ``error: ...`` naming the file and exit status 2: a missing, truncated or corrupt slide,
+a PNG/JPEG whose decoded size is above ``--max-memory`` (refused from its header, before decoding), 16-bit pixels
+without ``--convert-16bit``, an unwritable output folder.
 
 Nothing imports this module; the library functions are in :mod:`medpipe.data.patches`.
 """
@@ -18,8 +22,17 @@ from pathlib import Path
 
 from medpipe.data.patches.records import iter_patch_records
 from medpipe.data.patches.tissue import tissue_mask
-from medpipe.data.patches.writing import write_patches
-from medpipe.data.wsi import open_slide
+from medpipe.data.patches.writing import require_uint8, write_patches
+from medpipe.data.wsi import default_memory_limit, open_slide, parse_size
+from medpipe.data.wsi.memory import format_bytes
+
+
+def _size(text: str) -> float:
+    """argparse type of ``--max-memory``."""
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--backend", default="auto", help="WSI backend: auto, openslide, tifffile, cucim, dicom, pil")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                   help="memory a PNG/JPEG slide (decoded whole: no tiles) and the label mask may take, e.g. 8G, "
+                   f"512M or none (default: half of the available memory, now {format_bytes(default_memory_limit())})")
+    p.add_argument("--convert-16bit", action="store_true",
+                   help="map 16-bit slides to 8 bits by the top byte (v >> 8); without it they are refused")
     return p
 
 
@@ -54,14 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (default ``sys.argv[1:]``); see ``python -m medpipe.data.patches --help``.
 
     Returns:
-        The exit status: 0, or 2 after printing ``error: ...`` to stderr for a missing file, a bad argument
-        value (e.g. a level out of range), a missing backend package or an unreadable slide.
+        The exit status: 0, or 2 after printing one line ``error: ...`` to stderr for a missing file, a bad
+        argument value (e.g. a level out of range), a missing backend package, a truncated or corrupt slide or
+        mask, a slide above ``--max-memory``, 16-bit pixels without ``--convert-16bit``, or an output folder
+        that cannot be written (read-only, disk full).
     """
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         n, manifest = _run(a)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{n} patches -> {manifest}")
@@ -69,12 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> tuple[int, Path]:
-    with open_slide(a.slide, a.backend) as slide:
+    with open_slide(a.slide, a.backend, max_memory=a.max_memory, convert_16bit=a.convert_16bit) as slide:
+        require_uint8(slide)  # before the tissue mask: 16-bit pixels would give white patches
         tissue = tissue_mask(slide, channel=a.tissue_channel) if a.min_tissue > 0 else None
         records = iter_patch_records(
             slide, a.patch_size, a.stride, level=a.level if a.mpp is None else None, mpp=a.mpp,
             min_tissue=a.min_tissue, tissue=tissue, label_mask=a.mask, mask_downsample=a.mask_downsample,
             label_rule=a.label_rule, ignore_labels=a.ignore_label, random=a.random, seed=a.seed,
+            max_memory=a.max_memory,
         )
         manifest = write_patches(slide, records, a.out, a.patch_size, progress=not a.no_progress)
     with open(manifest) as fh:

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from medpipe.data.patches.tissue import BoxCounter, tissue_mask
-from medpipe.data.wsi import Slide, resolve_level
+from medpipe.data.wsi import Slide, SlideError, resolve_level
+from medpipe.data.wsi.base import describe_size
+from medpipe.data.wsi.memory import check_memory, resolve_memory_limit
+from medpipe.data.wsi.pil import NATIVE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +116,18 @@ def as_pair(v, name: str, allow_zero: bool = False) -> tuple[int, int]:
 class _Labeller:
     """Patch labels from an integer label image at some downsample: ``majority`` or ``centre`` rule."""
 
-    def __init__(self, labels: np.ndarray, downsample: float, rule: str):
+    def __init__(self, labels: np.ndarray, downsample: float, rule: str, name: str = "label mask",
+                 limit: float = float("inf")):
         if rule not in ("majority", "centre"):
             raise ValueError(f"label_rule must be 'majority' or 'centre', got {rule!r}")
         self.labels, self.ds, self.rule = labels, float(downsample), rule
         self.values = np.unique(labels)
         if rule == "majority":  # one summed-area table per label value (label images have few values)
+            # each table is int64 (8 bytes/pixel), built through a bool mask and int64 temporaries (~25 bytes/pixel)
+            need = labels.size * (8 * len(self.values) + 25)
+            check_memory(name, need, limit, f"the majority rule over {len(self.values)} label values of a "
+                         f"{labels.shape[1]}x{labels.shape[0]} mask ({8 * len(self.values) + 25} bytes/pixel)",
+                         "Use label_rule='centre' (--label-rule centre), or a label mask at a coarser downsample.")
             self.counters = [BoxCounter(labels == v, downsample) for v in self.values]
 
     def __call__(self, y0, x0, y1, x1) -> np.ndarray:
@@ -130,15 +139,34 @@ class _Labeller:
         return self.values[np.argmax(counts, axis=0)].astype(np.int64)  # ties -> smallest label value
 
 
-def _load_label_mask(mask, slide: Slide, mask_downsample: float | None) -> tuple[np.ndarray, float]:
-    if isinstance(mask, (str, os.PathLike)):
-        from PIL import Image
+def _read_label_image(path: Path, limit: float) -> np.ndarray:
+    """Decode a label image with Pillow after checking its decoded size against ``limit`` (from the header)."""
+    from PIL import Image, ImageFile
 
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False  # the memory limit guards the size
+    try:
+        with Image.open(path) as im:
+            native = NATIVE_BYTES.get(im.mode, 4)
+            # Pillow's storage, then numpy's copy through tobytes (the bytes object and the array share memory)
+            need = im.width * im.height * (native + 2 * len(im.getbands()) * (2 if "16" in im.mode else 1))
+            check_memory(path, need, limit, f"the {im.width}x{im.height} {im.mode} label mask, decoded whole",
+                         "Give a label mask at a coarser downsample (--mask-downsample).")
+            return np.asarray(im)
+    except SlideError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise SlideError(f"label mask {path}: truncated, corrupt or not an image ({describe_size(path)}): {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _load_label_mask(mask, slide: Slide, mask_downsample: float | None, limit: float) -> tuple[np.ndarray, float, str]:
+    if isinstance(mask, (str, os.PathLike)):
         path = Path(mask)
         if not path.exists():
             raise FileNotFoundError(f"label mask not found: {path}")
-        with Image.open(path) as im:
-            arr = np.asarray(im)
+        arr = _read_label_image(path, limit)
         name = str(path)
     else:
         arr, name = np.asarray(mask), "label mask array"
@@ -155,7 +183,7 @@ def _load_label_mask(mask, slide: Slide, mask_downsample: float | None) -> tuple
                 f"(level 0 (h, w)={(h0, w0)}); pass mask_downsample explicitly"
             )
         mask_downsample = 0.5 * (dy + dx)
-    return arr, float(mask_downsample)
+    return arr, float(mask_downsample), name
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -174,6 +202,7 @@ def iter_patch_records(
     random: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    max_memory: int | float | str | None = None,
 ) -> Iterator[PatchRecord]:
     """Yield the patches of a slide that pass the tissue filter, with labels, without reading pixels.
 
@@ -196,6 +225,9 @@ def iter_patch_records(
             the whole grid; deterministic for a given ``seed``; yielded sorted by ``(y, x)``.
         seed: seed of ``numpy.random.default_rng`` for ``random``.
         progress: show a tqdm progress bar over grid rows.
+        max_memory: bytes the label mask may take, decoded and (majority rule) as one ``int64`` summed-area
+            table per label value (``None``: half of the available memory; see
+            :func:`medpipe.data.wsi.memory.resolve_memory_limit`).
 
     Yields:
         :class:`PatchRecord` in row-major order of the grid (``path`` unset).
@@ -203,6 +235,8 @@ def iter_patch_records(
     Raises:
         ValueError: bad ``patch_size``/``stride``/``min_tissue``/``label_rule``; label mask shape mismatch.
         FileNotFoundError: ``label_mask`` path missing.
+        SlideError: the label mask file is truncated or corrupt. SlideMemoryError: the label mask would need
+            more than ``max_memory`` (checked from its header, and before the summed-area tables are built).
     """
     level = resolve_level(slide, level=None if mpp is not None else level, mpp=mpp)
     if not 0.0 <= float(min_tissue) <= 1.0:
@@ -218,7 +252,9 @@ def iter_patch_records(
         counter = BoxCounter(mask, mds)
     labeller = None
     if label_mask is not None:
-        labeller = _Labeller(*_load_label_mask(label_mask, slide, mask_downsample), rule=label_rule)
+        limit = resolve_memory_limit(max_memory)
+        arr, mds, name = _load_label_mask(label_mask, slide, mask_downsample, limit)
+        labeller = _Labeller(arr, mds, label_rule, name, limit)
     ignore = np.asarray(list(ignore_labels), dtype=np.int64)
 
     def select(yl: np.ndarray, xl: np.ndarray) -> Iterator[PatchRecord]:

@@ -34,7 +34,7 @@ def tissue_mask(
     ``min_threshold``: on a slide that is almost all glass Otsu would otherwise split the background noise.
 
     Args:
-        slide: an opened slide (RGB, 0-255).
+        slide: an opened slide (RGB or grey; 0-255 for ``uint8``, the dtype's full range for other integers).
         level: pyramid level to render (default: the coarsest); it is shrunk further to ``max_size`` pixels
             per side, tile by tile (:func:`medpipe.data.wsi.read_thumbnail`).
         channel: ``"saturation"`` (default) or ``"grey"``.
@@ -56,12 +56,13 @@ def tissue_mask(
     if channel not in ("saturation", "grey"):
         raise ValueError(f"tissue_mask channel must be 'saturation' or 'grey', got {channel!r}")
     thumb, ds = read_thumbnail(slide, max_size=max_size, level=level)
+    full = float(np.iinfo(thumb.dtype).max) if np.issubdtype(thumb.dtype, np.integer) else 255.0
     rgb = thumb[:3].astype(np.float32) if thumb.shape[0] >= 3 else np.repeat(thumb[:1], 3, 0).astype(np.float32)
     if channel == "saturation":
         mx, mn = rgb.max(0), rgb.min(0)
         signal = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
     else:
-        signal = 1.0 - rgb.mean(0) / 255.0
+        signal = 1.0 - rgb.mean(0) / full
     thr = float(threshold_otsu(signal)) if float(signal.max() - signal.min()) > 1e-6 else min_threshold
     thr = max(thr, min_threshold)
     mask = signal > thr

@@ -18,14 +18,30 @@ import numpy as np
 
 from medpipe.data.patches.reading import iter_patch_arrays
 from medpipe.data.patches.records import PatchRecord, iter_patch_records, progress_bar
-from medpipe.data.wsi import Slide
+from medpipe.data.wsi import Slide, SlideError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST_FIELDS", "write_patches", "extract_patches", "read_manifest"]
+__all__ = ["MANIFEST_FIELDS", "write_patches", "extract_patches", "read_manifest", "require_uint8"]
 
 #: Columns of ``manifest.csv``: the :class:`~medpipe.data.patches.records.PatchRecord` fields.
 MANIFEST_FIELDS = ("slide", "x", "y", "level", "label", "tissue", "path")
+
+
+def require_uint8(slide: Slide) -> None:
+    """Check that ``slide`` gives 8-bit windows, as PNG patches (and the tissue mask's 0-255 scale) expect.
+
+    Raises:
+        SlideError: the slide's windows are not ``uint8`` (e.g. a 16-bit PNG or TIFF); names the file, its bit
+            depth and what is expected, and suggests ``convert_16bit`` / ``--convert-16bit``.
+    """
+    dtype = np.dtype(slide.dtype)
+    if dtype != np.uint8:
+        raise SlideError(
+            f"{slide.path or slide.name}: {dtype.itemsize * 8}-bit {dtype.name} pixels; the patch writer expects "
+            "8-bit RGB or grey (uint8). Pass --convert-16bit (open_slide(..., convert_16bit=True)) to map 16 bits "
+            "to 8 by the top byte (v >> 8), or convert the file to 8 bits"
+        )
 
 
 def write_patches(
@@ -57,9 +73,11 @@ def write_patches(
 
     Raises:
         ValueError: bad ``patch_size``; a record's level out of range.
+        SlideError: the slide's windows are not 8-bit (:func:`require_uint8`), or the file is damaged.
     """
     from PIL import Image
 
+    require_uint8(slide)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(slide.name).stem

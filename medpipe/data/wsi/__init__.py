@@ -6,7 +6,9 @@ A thin layer over MONAI :class:`monai.data.WSIReader` that gives every backend t
   opened backend object, the pyramid geometry and the resolution in micrometres per pixel where known);
 - :func:`resolve_level` picks a pyramid level by index or by micrometres per pixel;
 - :func:`read_region` reads a ``(C, h, w)`` ``uint8`` window, level-0 location ``(y, x)``, size at the level;
-- :func:`read_thumbnail` renders a whole level small, tile by tile.
+- :func:`read_thumbnail` renders a whole level small, tile by tile;
+- :func:`check_slide` checks a file as :func:`open_slide` would, without decoding plain images (for integrity
+  checks before work starts).
 
 Backends (``backend=``), one module each:
 
@@ -25,7 +27,9 @@ Backends (``backend=``), one module each:
   OpenSlide 4 refuses ``small_dicom_wsi.dcm``. Single-file DICOM VL Whole Slide Microscopy images with
   encapsulated (JPEG, JPEG 2000) frames through ``pydicom`` + ``Pillow``, decoding only the frames under a
   window; one file is one pyramid level. ``"auto"`` uses it when OpenSlide cannot read the file.
-- ``"pil"`` (:mod:`.pil`): plain PNG/JPEG/BMP via Pillow, decoded once, whole (these formats have no tiles).
+- ``"pil"`` (:mod:`.pil`): plain PNG/JPEG/BMP via Pillow, decoded once, whole (these formats have no tiles),
+  after a header check of the decoded size against a memory limit (:mod:`.memory`; default half of the
+  available memory) and of the bit depth.
 - ``"array"``: an in-memory ``(C, H, W)`` array (see :func:`slide_from_array`), for tests and small crops.
 
 Levels: level ``i`` is the ``i``-th resolution of the baseline pyramid for every backend. tifffile lists the
@@ -34,11 +38,18 @@ counts them, so its ``level=1`` may be a thumbnail); here tifffile levels are ``
 agree with OpenSlide's ``level_count`` (e.g. 1 for ``CMU-1-Small-Region.svs``, 2 for
 ``tcga-cr-7395-01a-01-ts1.svs``).
 
+Damaged files (truncated, corrupt) raise :class:`SlideError` (a ``ValueError``) naming the file, from
+:func:`open_slide` (TIFF tile tables and DICOM frame tables are checked against the file size when opening) or
+from :func:`read_region`.
+
 Coordinates follow MONAI: ``location`` is ``(y, x)`` = (row, column) of the top-left pixel in the level-0
 frame, ``size`` is ``(h, w)`` in pixels of the requested level; level dimensions are ``(height, width)``.
 """
 
-from medpipe.data.wsi.base import BACKENDS, Slide
+from medpipe.data.wsi.base import BACKENDS, Slide, SlideError
+from medpipe.data.wsi.checks import check_slide
+from medpipe.data.wsi.memory import SlideMemoryError, default_memory_limit, parse_size
 from medpipe.data.wsi.slide import open_slide, read_region, read_thumbnail, resolve_level, slide_from_array
 
-__all__ = ["Slide", "open_slide", "slide_from_array", "resolve_level", "read_region", "read_thumbnail", "BACKENDS"]
+__all__ = ["Slide", "SlideError", "SlideMemoryError", "open_slide", "check_slide", "slide_from_array", "resolve_level",
+           "read_region", "read_thumbnail", "default_memory_limit", "parse_size", "BACKENDS"]

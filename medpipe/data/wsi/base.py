@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Slide", "BACKENDS", "MAX_MPP", "check_level", "require", "try_import"]
+from medpipe.data.cases import DataError
+
+__all__ = ["Slide", "SlideError", "BACKENDS", "MAX_MPP", "check_level", "require", "try_import", "describe_size"]
 
 #: Values of ``backend=`` accepted by :func:`medpipe.data.wsi.open_slide`.
 BACKENDS = ("auto", "openslide", "tifffile", "cucim", "dicom", "pil")
@@ -20,6 +22,20 @@ BACKENDS = ("auto", "openslide", "tifffile", "cucim", "dicom", "pil")
 #: Coarsest resolution taken as a microscope's, micrometres per pixel: coarser TIFF resolutions (< 508 dpi) are
 #: print/screen defaults (e.g. 72 dpi = 353 um/px), and the slide's resolution is then unknown.
 MAX_MPP = 50.0
+
+
+class SlideError(DataError):
+    """A slide file that cannot be used as asked: truncated or corrupt, a pixel format the caller cannot take, or
+    too large for the memory limit. A :class:`~medpipe.data.cases.DataError` (so a ``ValueError``); the message
+    is one line that names the file, what was found and what was expected."""
+
+
+def describe_size(path) -> str:
+    """``"N bytes"`` (the file's size on disk), or ``"size unknown"``, for messages about damaged files."""
+    try:
+        return f"{Path(path).stat().st_size} bytes"
+    except OSError:
+        return "size unknown"
 
 
 @dataclass
@@ -32,7 +48,8 @@ class Slide:
         reader: the MONAI ``WSIReader`` for the ``openslide``/``cucim``/``tifffile`` backends, else ``None``
             (for ``tifffile`` it is created on first access: windows are read through tifffile's Zarr store).
         wsi: the opened backend object (``OpenSlide``, ``CuImage``, ``TiffFile``, pydicom ``Dataset``), the
-            decoded ``(H, W, C)`` array for ``pil``, or the ``(C, H, W)`` array for ``array``.
+            decoded Pillow ``Image`` for ``pil`` (in Pillow's own pixel format; windows are converted as they are
+            read), or the ``(C, H, W)`` array for ``array``.
         level_dimensions: ``(height, width)`` in pixels of each pyramid level, level 0 first.
         level_downsamples: downsample factor of each level relative to level 0 (1.0 for level 0).
         mpp: level-0 resolution ``(y, x)`` in micrometres per pixel, or ``None`` when the file does not say.
@@ -41,7 +58,8 @@ class Slide:
         level_stores: backend-specific per-level handles (tifffile: the Zarr array of each level, opened on its
             first read; ``None`` until then).
         backend_state: backend-specific state (tifffile: ``axes``; dicom: ``file``, ``frames``, ``positions``,
-            ``tile``; see the backend modules).
+            ``tile``; pil: ``mode``, ``bits``; any backend: ``shift_to_uint8`` when 16-bit pixels are mapped to
+            8 bits as they are read; see the backend modules).
     """
 
     path: Path | None
@@ -100,7 +118,9 @@ class Slide:
 
     def close(self) -> None:
         """Release the file handle (no-op for in-memory backends)."""
-        handle = self.backend_state.get("file") or (self.wsi if self.backend in ("openslide", "tifffile") else None)
+        handle = self.backend_state.get("file") or (
+            self.wsi if self.backend in ("openslide", "tifffile", "pil") else None
+        )
         if handle is not None and hasattr(handle, "close"):
             handle.close()
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 
-from medpipe.data.wsi.base import Slide, require
+from medpipe.data.wsi.base import Slide, SlideError, require
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def open_dicom(path: Path) -> Slide:
         ImportError: pydicom is not installed.
         ValueError: not a tiled WSI (no ``TotalPixelMatrixRows``/``NumberOfFrames``), native (uncompressed)
             frames, no ``PixelData`` after the header, or malformed encapsulated pixel data (names the file).
+        SlideError: the file is truncated (frames missing or cut; names the file and its size).
     """
     pydicom = require("pydicom", "pip install pydicom (and Pillow for JPEG frames), or wsidicom")
     f = open(path, "rb")
@@ -64,6 +66,7 @@ def open_dicom(path: Path) -> Slide:
             raise ValueError(f"{path}: expected the PixelData element after the header, found tag bytes {tag!r}")
         f.read(8)  # VR 'OB', 2 reserved bytes, undefined length
         frames = index_frames(f, int(ds.NumberOfFrames), path)
+        _check_frames_complete(f, frames, int(ds.NumberOfFrames), path)
         positions = frame_positions(ds, len(frames))
     except Exception:
         f.close()
@@ -113,6 +116,22 @@ def index_frames(f, n_frames: int, path: Path) -> list[tuple[int, ...]]:
     raise ValueError(
         f"{path}: {n_fragments} fragments for {n_frames} frames and no offset table; install wsidicom"
     )
+
+
+def _check_frames_complete(f, frames: list[tuple[int, ...]], n_frames: int, path: Path) -> None:
+    """Raise :class:`SlideError` when frames are missing or the last fragment runs past the end of the file."""
+    size = os.fstat(f.fileno()).st_size
+    missing = [i for i, fr in enumerate(frames) if not fr] + list(range(len(frames), n_frames))
+    last = max((o for fr in frames for o in fr), default=None)
+    end = None
+    if last is not None:
+        f.seek(last + 4)
+        length = int.from_bytes(f.read(4), "little")
+        end = last + 8 + length
+    if missing or (end is not None and end > size):
+        what = f"frames {missing[0] + 1}..{n_frames} of {n_frames} are missing" if missing else (
+            f"the last frame ends at byte {end}")
+        raise SlideError(f"{path}: truncated DICOM WSI: {what}, the file has {size} bytes; get a complete copy")
 
 
 def frame_positions(ds, n: int) -> dict[tuple[int, int], int] | None:

@@ -13,17 +13,19 @@ from typing import Sequence
 
 import numpy as np
 
-from medpipe.data.wsi.base import BACKENDS, Slide, check_level, try_import
+from medpipe.data.wsi.base import BACKENDS, Slide, SlideError, check_level, describe_size, try_import
 from medpipe.data.wsi.dicom import open_dicom, read_dicom
+from medpipe.data.wsi.memory import SlideMemoryError
 from medpipe.data.wsi.monai_backends import open_cucim, open_openslide, read_monai
 from medpipe.data.wsi.pil import open_pil, read_pil
-from medpipe.data.wsi.tiff import open_tifffile, read_tifffile
+from medpipe.data.wsi.tiff import check_tiff_complete, open_tifffile, read_tifffile
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["open_slide", "slide_from_array", "resolve_level", "read_region", "read_thumbnail"]
 
-_PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+#: Suffixes that ``backend="auto"`` opens with Pillow (plain images, decoded whole).
+PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 _TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ome.tif", ".ndpi", ".scn", ".bif"}
 _OPENERS = {
     "openslide": open_openslide,
@@ -35,7 +37,13 @@ _OPENERS = {
 
 
 # --------------------------------------------------------------------------------------------------- opening
-def open_slide(path: str | Path, backend: str = "auto") -> Slide:
+def open_slide(
+    path: str | Path,
+    backend: str = "auto",
+    *,
+    max_memory: int | float | str | None = None,
+    convert_16bit: bool = False,
+) -> Slide:
     """Open a whole-slide image (or a plain image) for windowed reading.
 
     Args:
@@ -43,16 +51,24 @@ def open_slide(path: str | Path, backend: str = "auto") -> Slide:
         backend: ``"auto"`` (default), ``"openslide"``, ``"tifffile"``, ``"cucim"``, ``"dicom"`` or ``"pil"``.
             ``"auto"`` picks by suffix: PNG/JPEG -> ``pil``; ``.dcm`` -> ``openslide`` if it reads the file,
             else ``dicom``; TIFF-like -> ``openslide`` if installed and it recognises the file, else ``tifffile``.
+        max_memory: bytes a plain image (PNG/JPEG, decoded whole by the ``pil`` backend) may take once decoded:
+            ``None`` = half of the memory available now, a number of bytes, a string such as ``"8G"``, or
+            ``math.inf`` / ``"none"`` for no limit. Tiled formats are read window by window and not limited.
+        convert_16bit: map 16-bit pixels to 8 bits as windows are read (``v >> 8``, the top byte), so that
+            :func:`read_region` returns ``uint8``; without it 16-bit grey slides return ``uint16`` windows and
+            16-bit colour PNGs (which Pillow only decodes to 8 bits) are refused.
 
     Returns:
         a :class:`Slide`; use it as a context manager or call :meth:`Slide.close`.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message names it).
-        ValueError: unknown ``backend`` (the message lists the valid ones).
+        ValueError: unknown ``backend`` (the message lists the valid ones); a bad ``max_memory``.
         ImportError: the backend's package is not installed (the message says what to ``pip install``).
-        RuntimeError: no installed backend can read the file (the message names the file and the package
-            that would be needed).
+        SlideError: no installed backend can read the file, or it is truncated or corrupt (one line naming the
+            file, its size and what the backend found), or its pixel format is refused (see ``convert_16bit``).
+        SlideMemoryError: a plain image whose decoded size exceeds ``max_memory`` (from its header, before
+            decoding; the message gives the estimate and the limit).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -60,43 +76,71 @@ def open_slide(path: str | Path, backend: str = "auto") -> Slide:
     backend = str(backend).lower()
     if backend not in BACKENDS:
         raise ValueError(f"unknown WSI backend {backend!r} for {path}: expected one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return _open_auto(path)
-    return _OPENERS[backend](path)
+    if path.is_dir():
+        raise SlideError(f"{path} is a folder, not a slide file")
+    try:
+        if backend == "auto":
+            slide = _open_auto(path, max_memory, convert_16bit)
+        elif backend == "pil":
+            slide = open_pil(path, max_memory, convert_16bit)
+        else:
+            if _is_tiff(path):
+                check_tiff_complete(path)
+            slide = _OPENERS[backend](path)
+    except (SlideError, ImportError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the backends raise many types for damaged files; one line for all
+        raise SlideError(
+            f"{path}: cannot be read with the {backend} backend ({describe_size(path)}): {type(e).__name__}: "
+            f"{e}; the file is truncated, corrupt or not in a format that backend reads"
+        ) from e
+    if convert_16bit and np.dtype(slide.dtype) == np.uint16:
+        slide.backend_state["shift_to_uint8"] = 8
+        slide.dtype = np.dtype(np.uint8)
+    return slide
 
 
-def _open_auto(path: Path) -> Slide:
+def _open_auto(path: Path, max_memory, convert_16bit: bool) -> Slide:
     suffix = path.suffix.lower()
-    if suffix in _PIL_SUFFIXES:
-        return open_pil(path)
+    if suffix in PIL_SUFFIXES:
+        return open_pil(path, max_memory, convert_16bit)
     if suffix == ".dcm":
         errors = []
         for name, opener in (("openslide", open_openslide), ("dicom", open_dicom)):
             try:
                 return opener(path)
+            except SlideError:
+                raise  # the file is damaged: that, not the list of backends, is the message
             except ImportError as e:
                 errors.append(str(e))
             except Exception as e:  # noqa: BLE001 - collect every backend's reason for the final message
                 errors.append(f"{name}: {type(e).__name__}: {e}")
-        raise RuntimeError(
-            f"no installed backend could read DICOM WSI {path}: {'; '.join(errors)}. A full DICOM WSI reader "
-            "is `pip install wsidicom` (or openslide-bin >= 4 for files with complete WSI attributes)."
+        raise SlideError(
+            f"no installed backend could read DICOM WSI {path} ({describe_size(path)}): {'; '.join(errors)}. A full "
+            "DICOM WSI reader is `pip install wsidicom` (or openslide-bin >= 4 for files with complete WSI "
+            "attributes)."
         )
+    is_tiff = _is_tiff(path)
+    if is_tiff:
+        check_tiff_complete(path)  # OpenSlide and tifffile fail late (or not at all) on missing tiles
     openslide = try_import("openslide")
     if openslide is not None and openslide.OpenSlide.detect_format(str(path)) is not None:
         return open_openslide(path)
-    if suffix in _TIFF_SUFFIXES or _is_tiff(path):
+    if suffix in _TIFF_SUFFIXES or is_tiff:
         return open_tifffile(path)
     try:
-        return open_pil(path)
-    except Exception as e:
-        raise RuntimeError(
-            f"no installed backend could read {path} (suffix {suffix!r}): Pillow says {e}. For vendor WSI formats "
-            "install `openslide-python openslide-bin`."
-        ) from e
+        return open_pil(path, max_memory, convert_16bit)
+    except SlideMemoryError:
+        raise
+    except SlideError as e:
+        raise SlideError(
+            f"no installed backend could read {path} (suffix {suffix!r}): {e}. For vendor WSI formats install "
+            "`openslide-python openslide-bin`."
+        ) from None
 
 
 def _is_tiff(path: Path) -> bool:
+    """Whether the file starts with a TIFF or BigTIFF signature."""
     with open(path, "rb") as f:
         return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -181,13 +225,16 @@ def read_region(
         fill: value of pixels of the window that fall outside the image (windows may overhang the border).
 
     Returns:
-        ``(C, h, w)`` array, ``uint8`` for slides (the array's dtype for :func:`slide_from_array`), RGB
+        ``(C, h, w)`` array of ``slide.dtype``: ``uint8`` for slides (``uint16`` for 16-bit slides opened
+        without ``convert_16bit``; the array's dtype for :func:`slide_from_array`), RGB
         channel order; the alpha channel of RGBA slides is dropped by the OpenSlide path (MONAI ``mode="RGB"``).
         At levels > 0 OpenSlide renders non-integer level positions with sub-pixel interpolation, so its
         windows can differ by a few grey levels from the tifffile backend's (identical at level 0).
 
     Raises:
         ValueError: ``level`` out of range, non-positive ``size``, or ``location`` outside level 0.
+        SlideError: the backend cannot decode the window (truncated or corrupt file; names the file, the window
+            and the backend's error).
     """
     level = check_level(slide, level)
     lh, lw = slide.level_dimensions[level]
@@ -211,12 +258,30 @@ def read_region(
     cy1, cx1 = min(ly + h, lh), min(lx + w, lw)
     # level-0 location of the clipped window (the caller's own location when nothing is clipped)
     loc0 = (y0 if cy0 == ly else int(round(cy0 * ds)), x0 if cx0 == lx else int(round(cx0 * ds)))
-    inner = _read_inside(slide, level, cy0, cx0, cy1 - cy0, cx1 - cx0, loc0)
+    inner = _read_checked(slide, level, cy0, cx0, cy1 - cy0, cx1 - cx0, loc0)
     if (cy0, cx0, cy1, cx1) == (ly, lx, ly + h, lx + w):
         return inner
     out = np.full((inner.shape[0], h, w), fill, dtype=inner.dtype)
     out[:, cy0 - ly : cy1 - ly, cx0 - lx : cx1 - lx] = inner
     return out
+
+
+def _read_checked(slide: Slide, level: int, y: int, x: int, h: int, w: int, loc0: tuple[int, int]) -> np.ndarray:
+    """:func:`_read_inside`, with backend failures as one-line :class:`SlideError` and 16-bit mapping applied."""
+    try:
+        inner = _read_inside(slide, level, y, x, h, w, loc0)
+    except (SlideError, ImportError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged tile surfaces as any of the codecs' error types
+        if slide.backend == "array":
+            raise
+        raise SlideError(
+            f"{slide.path}: cannot read the {h}x{w} window at (y, x)={(y, x)} of level {level} with the "
+            f"{slide.backend} backend ({describe_size(slide.path)}): {type(e).__name__}: {e}; the file is "
+            "truncated or corrupt"
+        ) from e
+    shift = slide.backend_state.get("shift_to_uint8")
+    return (inner >> shift).astype(np.uint8) if shift else inner
 
 
 def _read_inside(slide: Slide, level: int, y: int, x: int, h: int, w: int, loc0: tuple[int, int]) -> np.ndarray:
@@ -235,7 +300,7 @@ def _read_inside(slide: Slide, level: int, y: int, x: int, h: int, w: int, loc0:
 
 
 def read_thumbnail(
-    slide: Slide, max_size: int = 2048, level: int | None = None, tile: int = 4096
+    slide: Slide, max_size: int = 2048, level: int | None = None, tile: int = 2048
 ) -> tuple[np.ndarray, float]:
     """Read a whole level shrunk to at most ``max_size`` pixels per side, tile by tile.
 
@@ -253,7 +318,7 @@ def read_thumbnail(
         tile: side of the windows read at ``level`` (rounded to a multiple of ``f``).
 
     Returns:
-        ``(image, downsample)``: ``(C, h, w)`` ``uint8`` (block means, rounded) and its downsample factor
+        ``(image, downsample)``: ``(C, h, w)`` of ``slide.dtype`` (block means, rounded) and its downsample factor
         relative to level 0 (``level_downsample * f``).
 
     Raises:
@@ -268,7 +333,7 @@ def read_thumbnail(
     if f == 1:
         return np.asarray(read_region(slide, (0, 0), None, level)), ds
     step = f * max(1, tile // f)
-    out = np.zeros((slide.channels, math.ceil(lh / f), math.ceil(lw / f)), np.uint8)
+    out = np.zeros((slide.channels, math.ceil(lh / f), math.ceil(lw / f)), slide.dtype)
     for ty in range(0, lh, step):
         for tx in range(0, lw, step):
             h, w = min(step, lh - ty), min(step, lw - tx)

@@ -12,15 +12,16 @@ the tiles (or strips) under a window are decoded (``imagecodecs`` for JPEG 2000)
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
-from medpipe.data.wsi.base import MAX_MPP, Slide, require
+from medpipe.data.wsi.base import MAX_MPP, Slide, SlideError, require
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["open_tifffile", "read_tifffile"]
+__all__ = ["open_tifffile", "read_tifffile", "check_tiff_complete"]
 
 
 def open_tifffile(path: Path) -> Slide:
@@ -35,12 +36,12 @@ def open_tifffile(path: Path) -> Slide:
 
     Raises:
         ImportError: tifffile is not installed. ValueError: the series has no Y/X image plane.
-        tifffile.TiffFileError: not a TIFF file.
+        tifffile.TiffFileError: not a TIFF file. SlideError: no image in the file (truncated or corrupt).
     """
     tifffile = require("tifffile", "pip install tifffile imagecodecs")
     tif = tifffile.TiffFile(str(path))
     try:
-        series = tif.series[0]
+        series = _first_series(tif, path)
         levels = list(series.levels)
         dims, axes = [], series.axes
         if "Y" not in axes or "X" not in axes:
@@ -58,6 +59,62 @@ def open_tifffile(path: Path) -> Slide:
     slide.level_stores = [None] * len(levels)  # Zarr views, opened on first read of each level
     slide.backend_state["axes"] = axes
     return slide
+
+
+def _first_series(tif, path):
+    """``tif.series[0]``, or a :class:`SlideError` when the file holds no image (its IFDs are cut off)."""
+    if not tif.series:
+        raise SlideError(
+            f"{path}: no image found in this TIFF ({os.path.getsize(path)} bytes): the file is truncated or corrupt"
+        )
+    return tif.series[0]
+
+
+def check_tiff_complete(path: Path) -> None:
+    """Check that every tile (or strip) of the first image series lies inside the file, reading headers only.
+
+    A TIFF cut short keeps its header, and its image directories when they come first, so readers open it
+    and then fail on the first missing tile (OpenSlide) or in the middle of a window. This reads the tile
+    offset and byte-count tables of each pyramid level (no pixel data). Nothing is checked when tifffile is
+    not installed.
+
+    Args:
+        path: a TIFF-like file (``.tif``, ``.svs``, ...).
+
+    Raises:
+        SlideError: no image in the file, or a level whose data ends past the end of the file (names the
+            file, the level, the bytes needed and the file size).
+        tifffile.TiffFileError: not a TIFF file.
+    """
+    try:
+        import tifffile
+    except ImportError:
+        return
+    size = os.path.getsize(path)
+    tif_log = logging.getLogger("tifffile")
+    level_before = tif_log.level
+    tif_log.setLevel(logging.ERROR)  # its warnings about cut-off IFDs would precede our one-line message
+    try:
+        _check_levels(tifffile, path, size)
+    finally:
+        tif_log.setLevel(level_before)
+
+
+def _check_levels(tifffile, path: Path, size: int) -> None:
+    """The body of :func:`check_tiff_complete`."""
+    with tifffile.TiffFile(str(path)) as tif:
+        series = _first_series(tif, path)
+        for i, level in enumerate(series.levels):
+            for page in level.pages:
+                if page is None:
+                    raise SlideError(f"{path}: level {i} has a missing image page ({size} bytes): the file is "
+                                     "truncated or corrupt")
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+                if ends and max(ends) > size:
+                    raise SlideError(
+                        f"{path}: truncated: level {i} ({'x'.join(map(str, level.shape))}) has data up to byte "
+                        f"{max(ends)} but the file has {size} bytes; get a complete copy of the file"
+                    )
 
 
 def _tiff_mpp(tif, series) -> tuple[float, float] | None:
