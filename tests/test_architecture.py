@@ -43,6 +43,8 @@ FORBIDDEN: Dict[str, Tuple[str, ...]] = {
     "medpipe.mlflow_models": ("medpipe.data", "medpipe.nets", "medpipe.engine", "medpipe.inference",
                               "medpipe.workflow", "medpipe.tracking", "medpipe.serve", "medpipe.export"),
     "medpipe.runs": ("medpipe.engine", "medpipe.workflow", "medpipe.serve", "medpipe.export"),
+    "medpipe.model_card": ("medpipe.nets", "medpipe.engine", "medpipe.inference", "medpipe.workflow",
+                           "medpipe.tracking", "medpipe.serve", "medpipe.export"),
     "medpipe.serve": ("medpipe.engine", "medpipe.workflow", "medpipe.export"),
     "medpipe.export": ("medpipe.engine", "medpipe.workflow", "medpipe.serve"),
 }

@@ -32,7 +32,8 @@ from medpipe.engine.distributed import DistContext, init_distributed, partition_
 from medpipe.engine.trainer import build_engines, seed_everything
 from medpipe.nets import build_net
 from medpipe.nets.factory import prepare_net
-from medpipe.runs import RunFolder
+from medpipe.model_card import write_model_card
+from medpipe.runs import RunFolder, no_nan
 from medpipe.tracking import Tracker, env_summary, git_commit, library_versions, load_model_state_dict
 from medpipe.workflow.classification import ClassificationTask
 from medpipe.workflow.data import PreparedData, check_same_split, manifest_doc
@@ -270,8 +271,8 @@ class PipelineRun:
 
     # -------------------------------------------------------------------------------------------- finalize
     def finalize(self, outcome: Outcome, tracker: Tracker, state: RunState) -> Optional[str]:
-        """Write ``metrics.json`` (``final``, the task's sections, ``history``) and ``report.md`` once, log the
-        final metrics, the artifacts and the best model.
+        """Write ``metrics.json`` (``final``, the task's sections, ``history``), ``report.md`` and ``model_card.md``
+        (:mod:`medpipe.model_card`) once; log the final metrics, the artifacts and the best model.
 
         Returns:
             The logged model's URI, or ``None`` (tracking or model logging disabled).
@@ -281,6 +282,8 @@ class PipelineRun:
         doc = {"final": outcome.final, **outcome.sections, "history": tracker.history}
         self.folder.write_metrics(doc)
         tracker.log_artifact(self.folder.metrics_file)
+        card = write_model_card(self.folder.path, self.cfg, no_nan(doc), manifest_doc(self.data), tracker.run_id)
+        tracker.log_artifact(card)
         if outcome.report is not None:
             self.folder.report_file.write_text(outcome.report)
         for name in outcome.artifacts:
