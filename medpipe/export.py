@@ -1,6 +1,6 @@
-"""Export a trained network to TorchScript or ONNX with a JSON of its pre- and post-processing.
+"""Export a trained network to TorchScript or ONNX with a JSON of its pre- and post-processing, or as a MONAI bundle.
 
-``python -m medpipe.export MODEL --format torchscript|onnx [--out DIR] [--image FILE] [--trust-pickle]``
+``python -m medpipe.export MODEL --format torchscript|onnx|bundle [-o DIR] [--image FILE] [--trust-pickle]``
 
 ``MODEL`` is an MLflow model URI (``runs:/<id>/model``, ``models:/<name>/<version>``) or a run's artifact folder,
 loaded with :func:`medpipe.runs.load_trained` (as :mod:`medpipe.serve` does): the network is rebuilt from the
@@ -17,6 +17,13 @@ model with only a pickled file (logged before medpipe wrote ``extra_files/state_
   post-processing (softmax over dim 1; classes and the operating threshold for classifiers; sliding-window
   ``roi_size``, ``overlap``, ``mode``, ``sigma_scale``, ``sw_batch_size`` for segmenters, whose exported net
   takes windows of exactly ``roi_size``), the run's metrics, and the verification below.
+
+``--format bundle`` writes a MONAI bundle instead (:mod:`medpipe.bundle`: ``configs/metadata.json``,
+``configs/inference.json`` of MONAI classes only, ``models/model.pt`` and ``model.ts``, ``docs/README.md`` with the
+metrics and model card, ``LICENSE``), checks it with ``monai.bundle.verify_metadata`` (offline) and
+``verify_net_in_out``, and runs it through ``monai.bundle.ConfigWorkflow`` on the real image: its probabilities must
+equal medpipe's own inference to ``--atol`` and its written mask (or decision) exactly. Pipelines with a medpipe-only
+net (``lenet``) or transform (``ToGrayscaled``) are refused, naming it, before anything is written.
 
 Verification: a real image (``--image``, or the first existing file of the run's validation/test/train split from
 ``manifest.json``) goes through the pipeline's transforms; the original and the exported network must give the
@@ -39,6 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from medpipe.logs import configure_cli_logging
+from medpipe.model_card import MODEL_CARD_FILE, run_model_card
 from medpipe.runs import DEFAULT_TRACKING_URI, TrainedRun, load_trained
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ExportError", "ExportResult", "export_model", "pick_real_image", "main"]
 
 _ONNX_HINT = "ONNX export needs the export extra: pip install 'medpipe[export]' (onnx, onnxruntime)"
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "bundle")
 
 
 class ExportError(RuntimeError):
@@ -199,6 +207,81 @@ def _compare(trained: TrainedRun, x, runner: Callable) -> Tuple[float, bool]:
     return float((ref - got).abs().max()), bool((ref.argmax(1) == got.argmax(1)).float().mean() >= 0.9999)
 
 
+def _compare_bundle(trained: TrainedRun, bundle_dir: Path, image: str) -> Tuple[float, bool]:
+    """Run the bundle through ``monai.bundle.ConfigWorkflow`` on ``image`` and compare with medpipe's own inference:
+    ``(max |probability difference|, same decision)``; for segmenters the decision is the mask file the bundle
+    wrote against medpipe's argmax, for classifiers the argmax (or the operating threshold) of the probabilities."""
+    import tempfile
+
+    import torch
+
+    from medpipe.bundle import run_bundle
+    from medpipe.inference.predict import mask_to_uint8, predict_case
+
+    cfg = trained.cfg
+    with tempfile.TemporaryDirectory(prefix="medpipe-bundle-") as tmp:
+        out = run_bundle(bundle_dir, [image], Path(tmp))[0]
+        if cfg.task == "classification":
+            x = torch.as_tensor(trained.transform({"image": image})["image"])[None].float()
+            with torch.no_grad():
+                ref = torch.softmax(trained.net(x.to(trained.device)).float(), 1)[0].cpu().numpy()
+            got = np.asarray(torch.as_tensor(out["pred"]).detach().cpu(), dtype=np.float32).reshape(ref.shape)
+            same = bool(ref.argmax() == got.argmax()) if trained.threshold is None else \
+                bool((ref[1] >= trained.threshold) == (got[1] >= trained.threshold))
+            return float(np.abs(ref - got).max()), same
+        ref = predict_case(trained.net, {"image": image}, trained.transform, trained.inferer, trained.device)
+        got = np.asarray(torch.as_tensor(out["prob"]).detach().cpu(), dtype=np.float32)
+        masks = sorted(Path(tmp).glob("*_seg.*"))
+        if not masks or got.shape != ref.shape:
+            return float("inf"), False
+        same = _read_mask(masks[0], ref.shape[1:])
+        same = same is not None and np.array_equal(same, mask_to_uint8(ref.argmax(0), cfg.net.out_channels)
+                                                   if masks[0].suffix == ".png" else ref.argmax(0))
+        return float(np.abs(ref - got).max()), bool(same)
+
+
+def _read_mask(path: Path, shape) -> Optional[np.ndarray]:
+    """The mask file a bundle wrote as an array of ``shape`` (PNG through Pillow, NIfTI through nibabel), or
+    ``None`` when its shape differs."""
+    if path.suffix == ".png":
+        from PIL import Image
+
+        arr = np.asarray(Image.open(path))
+    else:
+        import nibabel as nib
+
+        arr = np.asarray(nib.load(str(path)).dataobj)
+    return arr if tuple(arr.shape) == tuple(shape) else None
+
+
+def _export_bundle(trained: TrainedRun, x, example, image: str, out_dir: Path, method: str, atol: float
+                   ) -> ExportResult:
+    """Write the MONAI bundle (:mod:`medpipe.bundle`) with ``models/model.ts``, check it with MONAI's
+    ``verify_metadata`` / ``verify_net_in_out``, run it through ``monai.bundle`` on the real image and compare with
+    medpipe's own inference; the numbers go into ``metadata.json`` (``medpipe.verification``) and the README."""
+    from medpipe.bundle import verify_bundle, write_bundle_files, write_docs
+
+    t0 = time.time()
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    model_path, runner = _write_model(trained.net, example, "torchscript", method, out_dir / "models")
+    diff, same = _compare(trained, x, runner)
+    verification: Dict[str, Any] = {"image": image, "tensor_shape": list(x.shape), "atol": atol,
+                                    "max_abs_logit_diff": diff, "same_argmax": same}
+    write_bundle_files(trained, out_dir, verification)
+    verify_bundle(out_dir)
+    prob_diff, same_decision = _compare_bundle(trained, out_dir, image)
+    verification.update({"bundle_max_abs_prob_diff": prob_diff, "bundle_same_decision": same_decision,
+                         "checked_with": "torch.jit.load; monai.bundle.verify_metadata, verify_net_in_out, "
+                                         "ConfigWorkflow", "seconds_to_export": round(time.time() - t0, 2)})
+    meta = write_docs(trained, out_dir, verification)
+    if diff > atol or prob_diff > atol or not same_decision:
+        raise ExportError(f"the bundle differs from the original on {image}: max |logit difference| {diff:.3g} "
+                          f"(TorchScript), max |probability difference| {prob_diff:.3g} and same decision "
+                          f"{same_decision} (monai.bundle run); atol {atol:g} (files kept in {out_dir})")
+    logger.info("exported %s as a MONAI bundle to %s", trained.cfg.name, out_dir)
+    return ExportResult(model_path, out_dir / "configs" / "metadata.json", meta, diff)
+
+
 def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: Optional[str] = None,
                  tracking_uri: Optional[str] = None, method: str = "trace", atol: float = 1e-4,
                  trust_pickle: bool = False) -> ExportResult:
@@ -206,7 +289,7 @@ def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: O
 
     Args:
         source: MLflow model URI or run artifact folder.
-        fmt: ``torchscript`` or ``onnx``.
+        fmt: ``torchscript``, ``onnx`` or ``bundle`` (a MONAI bundle folder: :mod:`medpipe.bundle`).
         out_dir: output folder (default ``export/<pipeline>-<fmt>``).
         image: a real image file for the verification (default: from the run's manifest).
         tracking_uri: MLflow tracking URI for ``runs:/`` / ``models:/``.
@@ -216,11 +299,13 @@ def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: O
             unpickling runs any code the file holds.
 
     Returns:
-        :class:`ExportResult`.
+        :class:`ExportResult`; for a bundle ``model_path`` is ``models/model.ts``, ``spec_path``
+        ``configs/metadata.json`` and ``spec`` the metadata (its ``medpipe.verification`` has the measurements).
 
     Raises:
         ValueError: unknown ``fmt``/``method``, or no real image found; the model can only be read by unpickling
-            and ``trust_pickle`` is false (:class:`medpipe.runs.UntrustedModelError`).
+            and ``trust_pickle`` is false (:class:`medpipe.runs.UntrustedModelError`); the pipeline cannot be a
+            MONAI bundle (:class:`medpipe.bundle.BundleError`, naming the net or transform).
         ImportError: ``onnx`` is missing (with the install command).
         ExportError: the exported model's logits differ from the original's by more than ``atol``.
     """
@@ -237,6 +322,11 @@ def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: O
             raise ImportError(_ONNX_HINT) from None
     trained = load_trained(source, tracking_uri, trust_pickle=trust_pickle)
     cfg = trained.cfg
+    if fmt == "bundle":
+        from medpipe.bundle import bundle_metadata, check_bundle_support
+
+        check_bundle_support(cfg)  # both raise BundleError before any file is written
+        bundle_metadata(trained)
     image = image or pick_real_image(trained.manifest)
     if image is None or not Path(image).is_file():
         raise ValueError(f"no real image to verify the export with: pass --image FILE "
@@ -247,6 +337,8 @@ def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: O
     out_dir = Path(out_dir or Path("export") / f"{cfg.name}-{fmt}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    if fmt == "bundle":
+        return _export_bundle(trained, x, example, str(image), out_dir, method, atol)
     t0 = time.time()
     model_path, runner = _write_model(net, example, fmt, method, out_dir)
     seconds = time.time() - t0
@@ -262,6 +354,9 @@ def export_model(source: str, fmt: str, out_dir: Optional[Path] = None, image: O
         spec["verification"]["same_argmax"] = same_decision
     spec_path = out_dir / "pipeline.json"
     spec_path.write_text(json.dumps(spec, indent=1))
+    (out_dir / MODEL_CARD_FILE).write_text(run_model_card(
+        trained.folder.path if trained.folder is not None else None, cfg, trained.metrics or {}, trained.manifest,
+        trained.run_id))
     if diff is not None and diff > atol:
         raise ExportError(f"exported {fmt} model differs from the original on {image}: max |logit difference| "
                           f"{diff:.3g} > atol {atol:g} (files kept in {out_dir})")
@@ -273,7 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m medpipe.export", description=__doc__.split("\n")[0])
     p.add_argument("model", help="MLflow model URI (runs:/<id>/model, models:/<name>/<version>) or run folder")
     p.add_argument("--format", dest="fmt", choices=FORMATS, required=True)
-    p.add_argument("--out", default=None, help="output folder (default export/<pipeline>-<format>)")
+    p.add_argument("-o", "--out", default=None, help="output folder (default export/<pipeline>-<format>)")
     p.add_argument("--image", default=None, help="real image for the equality check (default: from the run)")
     p.add_argument("--method", choices=("trace", "script"), default="trace", help="TorchScript: trace or script")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
@@ -298,9 +393,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, ImportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    v = res.spec["verification"]
+    v = res.spec["medpipe"]["verification"] if args.fmt == "bundle" else res.spec["verification"]
     print(f"wrote {res.model_path} and {res.spec_path}")
     print(f"  checked on {v['image']} with {v['checked_with']}: max |logit difference| {v['max_abs_logit_diff']}")
+    if args.fmt == "bundle":
+        print(f"  monai.bundle run vs medpipe: max |probability difference| {v['bundle_max_abs_prob_diff']}, "
+              f"same decision: {v['bundle_same_decision']}")
     return 0
 
 

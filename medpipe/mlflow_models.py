@@ -5,14 +5,19 @@ containers of them; no object is built, no code runs), and the network they go i
 its validated ``config.resolved.yaml`` (:func:`medpipe.runs.load_trained`) or is the caller's own network
 (``net.pretrained``). Nothing of a model folder is unpickled unless the caller passes ``trust_pickle=True``.
 
-Writing (:func:`log_network`, called by :meth:`medpipe.tracking.Tracker.log_model`):
-``mlflow.pytorch.log_model`` writes ``MLmodel``, ``data/model.pth`` (the pickled module, for MLflow's own
-``mlflow.pytorch.load_model`` and ``mlflow models serve``) and, through its ``extra_files`` option, the network's
-state dict as :data:`STATE_DICT_FILE` (``extra_files/state_dict.pt``, plain ``torch.save`` of ``{name: tensor}``).
-MLflow's own code-free format, ``serialization_format="pt2"`` (``torch.export``), was measured and not used: it
-needs an input example of one fixed size (BasicUNet and DenseNet121 then refuse any other size: "Guard failed:
-x.size()[2] == 64"), adds 1.2 s (tiny BasicUNet) to 2.2 s (DenseNet121 at 64 px) per logged model on 2 CPU cores,
-and reading its weights back safely relies on MLflow's private ``_validate_pt2_archive_is_pickle_free``.
+Writing (:func:`log_network`, called by :meth:`medpipe.tracking.Tracker.log_model`): ``mlflow.pytorch.log_model``
+writes ``MLmodel`` with a signature (``(-1, C, -1, -1)`` float32 -> ``(-1, out_channels, -1, -1)`` or
+``(-1, num_classes)``) and an input example of the shape the network is fed (:func:`network_example`), the model
+itself, and, through its ``extra_files`` option, the network's state dict as :data:`STATE_DICT_FILE`
+(``extra_files/state_dict.pt``, plain ``torch.save`` of ``{name: tensor}``), the only file medpipe reads back.
+The model itself is MLflow's code-free ``serialization_format="pt2"`` (``torch.export``) where the exported
+program serves every input size the network serves (:func:`pt2_refusal` checks it at logging time: classifiers
+such as ResNet-18 and DenseNet121), and the pickled module ``data/model.pth`` where it does not (BasicUNet: its
+exported program refuses sizes that are not multiples of 16, which the module pads; MLflow's warning that pickle
+can run code on load stays, as medpipe itself never unpickles it). Measured on 2 CPU cores (table in
+:func:`log_network`): pt2 costs 1.3 s (ResNet-18) to 3.8 s (EM BasicUNet) per logged model instead of 0.1-0.5 s,
+0.5 s instead of 0.02 s to load, and about the same file size; with a fixed-size example (as before this check)
+it refused every other input size and batch.
 
 Reading (:func:`load_model_state_dict` for transfer learning, :func:`fetch_model_run` for
 :func:`medpipe.runs.load_trained`): the model is resolved with :func:`resolve_model_uri` and downloaded with
@@ -30,12 +35,12 @@ import logging
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["STATE_DICT_FILE", "PICKLED_MODEL_FILES", "TRUST_HINT", "UntrustedModelError", "load_weights_file",
-           "log_network", "resolve_model_uri", "load_model_state_dict", "fetch_model_run"]
+           "log_network", "network_example", "pt2_refusal", "resolve_model_uri", "load_model_state_dict", "fetch_model_run"]
 
 #: the weights-only state dict inside a logged model folder (``log_model(extra_files=[...])`` puts it there)
 STATE_DICT_FILE = "extra_files/state_dict.pt"
@@ -90,28 +95,158 @@ def load_weights_file(path: Union[str, Path], label: str, trust_pickle: bool = F
         raise ValueError(f"{label}: {path} is not a readable torch weights file ({err})") from None
 
 
-def log_network(net, name: str = "model", pip_requirements: Optional[list] = None) -> None:
-    """Log ``net`` to the active MLflow run as the model ``name`` with its weights-only state dict.
-
-    Writes ``mlflow.pytorch.log_model(..., serialization_format="pickle", extra_files=[state_dict.pt])``: the
-    pickled module for MLflow's own loaders, and :data:`STATE_DICT_FILE` (``{name: CPU tensor}``), the only file
-    medpipe reads back without ``trust_pickle``.
+def network_example(dataset, roi_size: Optional[Sequence[int]] = None):
+    """One network input of the shape the network really gets, for the logged model's signature and example.
 
     Args:
-        net: the ``torch.nn.Module`` (moved to CPU in place, as ``mlflow.pytorch.log_model`` needs).
+        dataset: the validation dataset (MONAI); its first item's ``"image"`` (``(C, *spatial)``, after the
+            validation transforms; a list of samples gives its first) sets the channels and, for classifiers, the
+            spatial size.
+        roi_size: segmentation: the sliding-window size (``infer.roi_size``), which is what the network is fed;
+            ``None`` for classifiers (the whole transformed image).
+
+    Returns:
+        float32 zeros ``(1, C, *roi_size)`` or ``(1, C, H, W)`` (numpy), or ``None`` when the dataset is empty or
+        its items have no ``"image"``. Zeros: the example documents the shape and keeps ``input_example.json``
+        small (a window of real pixels written as JSON is 5-20 times larger).
+    """
+    import numpy as np
+
+    if dataset is None or len(dataset) == 0:
+        return None
+    item = dataset[0]
+    item = item[0] if isinstance(item, (list, tuple)) else item
+    image = item.get("image") if isinstance(item, dict) else None
+    if image is None or len(getattr(image, "shape", ())) < 2:
+        return None
+    spatial = tuple(int(r) for r in roi_size) if roi_size is not None else tuple(int(d) for d in image.shape[1:])
+    return np.zeros((1, int(image.shape[0]), *spatial), dtype=np.float32)
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 160 characters)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+
+
+def pt2_refusal(net, example) -> Optional[str]:
+    """Why MLflow's ``serialization_format="pt2"`` cannot stand in for ``net``, or ``None`` when it can.
+
+    ``net`` is exported as MLflow does it (``torch.export`` with ``Dim.AUTO`` on the batch and spatial dimensions,
+    from a batch of 2 because a size-1 dimension is always specialised), and the exported program is run beside
+    ``net`` on batches of 1 and 3 and on a size one pixel larger in every spatial dimension. A size the network
+    itself refuses is skipped; a size ``net`` accepts and the exported program refuses (BasicUNet pads sizes that
+    are not a multiple of 16; its export does not), or outputs that differ by more than 1e-4, is the reason.
+
+    Args:
+        net: the network, on CPU, in eval mode.
+        example: :func:`network_example` ``(1, C, *spatial)`` float32.
+
+    Returns:
+        ``None``, or one line saying which input failed and how.
+    """
+    import torch
+    from torch.export import Dim
+
+    x = torch.from_numpy(example).repeat(2, *([1] * (example.ndim - 1)))
+    try:
+        dims = {0: Dim.AUTO, **{d: Dim.AUTO for d in range(2, x.ndim)}}
+        program = torch.export.export(net, (x,), dynamic_shapes=[dims]).module()
+    except Exception as exc:  # noqa: BLE001 - any export failure means: keep pickle
+        return f"torch.export failed ({_first_line(exc)})"
+    channels, spatial = example.shape[1], tuple(example.shape[2:])
+    for shape in ((1, channels, *spatial), (3, channels, *spatial), (1, channels, *(s + 1 for s in spatial))):
+        probe = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            try:
+                want = net(probe)
+            except Exception:  # noqa: BLE001 - the network itself refuses this size: nothing to compare
+                continue
+            try:
+                got = program(probe)
+            except Exception as exc:  # noqa: BLE001
+                return f"the exported program refuses input {tuple(shape)} that the network takes ({_first_line(exc)})"
+        if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+            return f"the exported program's output for {tuple(shape)} differs from the network's"
+    return None
+
+
+def _signature(net, example):
+    """``mlflow.models.infer_signature`` of ``example`` and the network's output on it, with the batch and
+    spatial dimensions marked variable (-1): ``(-1, C, -1, -1)`` -> ``(-1, out_channels, -1, -1)`` or
+    ``(-1, num_classes)``. BasicUNet, ResNet and DenseNet take other sizes than the example's (LeNet does not)."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import Schema, TensorSpec
+
+    with torch.no_grad():
+        output = net(torch.from_numpy(example)).detach().cpu().numpy().astype(np.float32)
+    inferred = infer_signature(example, output)
+
+    def variable(spec):
+        return Schema([TensorSpec(spec.type, tuple(d if i == 1 else -1 for i, d in enumerate(spec.shape)))])
+
+    return ModelSignature(variable(inferred.inputs.inputs[0]), variable(inferred.outputs.inputs[0]))
+
+
+def log_network(net, name: str = "model", pip_requirements: Optional[list] = None, example=None
+                ) -> Tuple[str, Optional[str]]:
+    """Log ``net`` to the active MLflow run as the model ``name``, with a signature, an input example and its
+    weights-only state dict.
+
+    The format is MLflow's code-free ``serialization_format="pt2"`` (``torch.export``) when the exported program
+    serves every input the network serves (:func:`pt2_refusal`), else ``"pickle"`` (MLflow then warns that
+    unpickling can run code; medpipe never unpickles it: it reads :data:`STATE_DICT_FILE`, written in both
+    formats). Measured on 2 CPU cores (MLflow 3.17, torch 2.x; logging includes MLflow's own check of the example):
+
+    ================ ======================= ============== ============== ========================
+    network          format                  model file     log / load s   other input sizes
+    ================ ======================= ============== ============== ========================
+    EM BasicUNet     pickle (kept)           2.0 MB .pth    0.54 / 0.01    all (the module pads)
+    (features 16..)  pt2, fixed example      2.5 MB .pt2    1.7 / 0.15     none ("Guard failed")
+                     pt2, dims -1, batch 2   2.9 MB .pt2    3.8 / 0.66     multiples of 16 >= 32 only
+    ResNet-18        pickle                  44.8 MB .pth   0.13 / 0.02    all
+    (1 x 128 x 128)  pt2, fixed example      45.0 MB .pt2   0.6 / 0.2      none
+                     pt2, dims -1, batch 2   45.2 MB .pt2   1.3 / 0.5      all (used)
+    ================ ======================= ============== ============== ========================
+
+    Args:
+        net: the ``torch.nn.Module`` (moved to CPU in place, as ``mlflow.pytorch.log_model`` needs; its
+            train/eval mode is restored afterwards).
         name: the model's name (``runs:/<run id>/<name>``).
         pip_requirements: for the MLmodel's environment (given, so MLflow spawns no process to infer them).
+        example: :func:`network_example` ``(1, C, *spatial)`` float32, or ``None`` (no signature or example;
+            pickle).
+
+    Returns:
+        ``(format, why pickle or None)``: ``("pt2", None)`` or ``("pickle", reason)``.
     """
     import mlflow.pytorch
+    import numpy as np
     import torch
 
-    net = net.cpu()
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with tempfile.TemporaryDirectory(prefix="medpipe-state-dict-") as tmp:
-        path = Path(tmp) / Path(STATE_DICT_FILE).name
-        torch.save(state, path)
-        mlflow.pytorch.log_model(net, name=name, pip_requirements=pip_requirements, serialization_format="pickle",
-                                 extra_files=[str(path)])
+    training = net.training
+    net = net.cpu().eval()
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        fmt, reason, signature = "pickle", "no input example", None
+        if example is not None:
+            signature = _signature(net, example)
+            reason = pt2_refusal(net, example)
+            fmt = "pickle" if reason else "pt2"
+            # pt2: a batch of 2, or torch.export fixes the batch size to 1
+            example = np.repeat(example, 2, axis=0) if fmt == "pt2" else example
+        with tempfile.TemporaryDirectory(prefix="medpipe-state-dict-") as tmp:
+            path = Path(tmp) / Path(STATE_DICT_FILE).name
+            torch.save(state, path)
+            if reason:
+                logger.info("model %s logged with pickle beside the tensors-only %s (%s)", name, STATE_DICT_FILE,
+                            reason)
+            mlflow.pytorch.log_model(net, name=name, pip_requirements=pip_requirements, serialization_format=fmt,
+                                     signature=signature, input_example=example, extra_files=[str(path)])
+    finally:
+        net.train(training)
+    return fmt, reason
 
 
 # ------------------------------------------------------------------------------------------ read side

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from medpipe.config import PipelineConfig
 from medpipe.data.cases import resolve_root
 
-__all__ = ["MODEL_CARD_FILE", "data_card", "model_card_md", "write_model_card"]
+__all__ = ["MODEL_CARD_FILE", "data_card", "model_card_md", "run_model_card", "write_model_card"]
 
 MODEL_CARD_FILE = "model_card.md"
 
@@ -153,6 +153,16 @@ def model_card_md(cfg: PipelineConfig, metrics: Dict[str, Any], manifest: Option
     if cfg.report.anchor:
         lines += [f"- Published reference for this task: {cfg.report.anchor}"]
     return "\n".join(lines) + "\n"
+
+
+def run_model_card(folder: Optional[Path], cfg: PipelineConfig, metrics: Dict[str, Any],
+                   manifest: Optional[Dict[str, Any]] = None, run_id: Optional[str] = None) -> str:
+    """The model card of a trained run: its ``model_card.md`` when the run folder has one, else made now from the
+    run's config, metrics and manifest (runs made before model cards, or a model loaded from MLflow)."""
+    card = Path(folder) / MODEL_CARD_FILE if folder is not None else None
+    if card is not None and card.is_file():
+        return card.read_text(errors="replace")
+    return model_card_md(cfg, metrics, manifest, run_id)
 
 
 def write_model_card(folder: Path, cfg: PipelineConfig, metrics: Dict[str, Any],

@@ -2,10 +2,16 @@
 modules that import ``mlflow``.
 
 One MLflow run per pipeline run. :class:`Tracker` logs the resolved config (artifact and flattened params),
-the dataset manifest hash, the git commit, library versions, per-epoch training loss / learning rate and
-validation metrics (step = epoch), final metrics, plots, and the best model (``mlflow.pytorch.log_model`` with a
-weights-only ``extra_files/state_dict.pt``). Used as a context manager, a crash ends the run as ``FAILED`` and
-keeps everything already logged.
+the dataset manifest hash, the git commit, library versions, the train / val / test splits as MLflow dataset
+inputs (:meth:`Tracker.log_datasets`), per-epoch training loss / learning rate and validation metrics
+(step = epoch), final metrics, plots, and the best model (``mlflow.pytorch.log_model`` with a signature, an input
+example and a weights-only ``extra_files/state_dict.pt``; registered when ``tracking.register_model`` is set).
+Used as a context manager, a crash ends the run as ``FAILED`` and keeps everything already logged.
+
+Experiments medpipe creates carry MLflow 3's experiment-kind tag for model training (:data:`EXPERIMENT_KIND_TAG`
+= :data:`TRAINING_KIND`, the value MLflow's UI writes when a user marks an experiment "model training"); an
+existing experiment without the tag gets it. MLflow 3.17's UI itself opens an experiment by its GenAI / Model
+training switch instead: :func:`runs_page` is the link that opens the runs table (it is logged when a run starts).
 
 With tracking disabled (``tracking.enabled: false``) every method is a no-op, so callers need no branches.
 
@@ -28,10 +34,46 @@ from typing import Any, Dict, Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Tracker", "TrackingError", "run_status", "library_versions", "git_commit", "client_for", "run_output_dir", "env_summary",
+__all__ = ["Tracker", "TrackingError", "run_status", "library_versions", "git_commit", "client_for", "run_output_dir",
+           "env_summary", "runs_page", "split_digest", "EXPERIMENT_KIND_TAG", "TRAINING_KIND",
            "resolve_model_uri", "load_model_state_dict", "fetch_model_run"]
 
 _MAX_PARAM_LEN = 500
+
+#: MLflow 3's experiment-kind tag and its model-training value (what the UI's kind selector writes)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+#: MLflow's limit on a dataset digest (characters)
+_MAX_DIGEST = 36
+
+
+def runs_page(experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs table, relative to the UI's address.
+
+    MLflow 3.17's UI picks an experiment's first page from its GenAI / Model training switch (the URL's
+    ``workflowType``, else the browser's last choice, GenAI by default), not from the experiment's
+    :data:`EXPERIMENT_KIND_TAG`; this link asks for model training, so it opens on the runs table.
+    """
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def split_digest(manifest_sha256: str, split: str, cases) -> str:
+    """The MLflow dataset digest of one split: SHA-256 over the manifest hash, the split's name and its cases
+    (file base names, labels, groups; in image order), cut to MLflow's 36 characters.
+
+    The manifest hash (:func:`medpipe.data.integrity.manifest_hash`, the run tag ``dataset.manifest_sha256``)
+    fingerprints the files' contents; this adds which cases the split holds, so two runs share a dataset in
+    MLflow exactly when they trained (validated, tested) on the same cases of the same files.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256(f"{manifest_sha256}\n{split}\n".encode())
+    for case in sorted(cases, key=lambda c: str(c.get("image", ""))):
+        entry = {k: os.path.basename(v) if isinstance(v, str) and k not in ("group", "split") else v
+                 for k, v in case.items()}
+        h.update(json.dumps(entry, sort_keys=True, default=str).encode() + b"\n")
+    return h.hexdigest()[:_MAX_DIGEST]
 
 
 def git_commit(path: Path) -> Optional[str]:
@@ -153,9 +195,12 @@ class Tracker:
         exp = mlflow.get_experiment_by_name(self._experiment)
         if exp is None:
             self.experiment_id = mlflow.create_experiment(self._experiment,
-                                                          artifact_location=self.cfg.artifact_location)
+                                                          artifact_location=self.cfg.artifact_location,
+                                                          tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment of an older medpipe; a kind set by hand stays
+                mlflow.MlflowClient().set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         if self.resume_run_id:
             run = mlflow.start_run(run_id=self.resume_run_id)
             self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
@@ -166,7 +211,9 @@ class Tracker:
                                tags=dict(self.cfg.tags), nested=parent is not None)
         self.run_id = run.info.run_id
         self.parent_run_id = parent.info.run_id if parent is not None else None
-        logger.info("MLflow run %s in experiment %r at %s", self.run_id, self._experiment, self.cfg.tracking_uri)
+        logger.info("MLflow run %s in experiment %r at %s (runs table: mlflow ui --backend-store-uri %s, then "
+                    "/%s)", self.run_id, self._experiment, self.cfg.tracking_uri, self.cfg.tracking_uri,
+                    runs_page(self.experiment_id))
 
     def end(self, status: str = "FINISHED") -> None:
         """End the run with ``FINISHED`` or ``FAILED`` (everything logged so far is kept). When the store cannot take
@@ -224,22 +271,83 @@ class Tracker:
         elif path.is_file():
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    @_guarded("logging the datasets")
+    def log_datasets(self, name: str, source: str, manifest_sha256: str, splits: Dict[str, list]) -> None:
+        """Log each non-empty split as an MLflow dataset input of the run (``mlflow.data.from_pandas`` of its case
+        table: one row per case), with the split as context (``train`` / ``val`` / ``test``), so the runs table's
+        Dataset column and the lineage show it.
+
+        Args:
+            name: the dataset's name (the pipeline's).
+            source: where the data is: the data root folder.
+            manifest_sha256: the manifest hash; each split's digest is :func:`split_digest` of it, and the full
+                hash is the input tag ``medpipe.manifest_sha256``.
+            splits: ``{"train": cases, "val": cases, "test": cases}`` (case dicts; empty splits are skipped).
+        """
+        if not self.enabled:
+            return
+        import mlflow.data
+        import pandas as pd
+
+        from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+
+        # MLflow registers its local-folder source twice (URI schemes "" and "file") and warns that the folder
+        # "can be interpreted in multiple ways"; both are the same class of source, so the first is named here
+        local = [c for c in get_registered_sources() if c.__name__ == "LocalArtifactDatasetSource"][:1]
+        where = resolve_dataset_source(str(source), candidate_sources=local or None)
+        datasets, contexts, tags = [], [], []
+        for split, cases in splits.items():
+            if not cases:
+                continue
+            table = pd.DataFrame([dict(c) for c in cases])
+            datasets.append(mlflow.data.from_pandas(table, source=where, name=name,
+                                                    digest=split_digest(manifest_sha256, split, cases),
+                                                    targets="label" if "label" in table else None))
+            contexts.append(split)
+            tags.append({"medpipe.manifest_sha256": manifest_sha256})
+        if datasets:
+            self._mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
+
     @_guarded("logging the model")
-    def log_model(self, net, name: str = "model") -> Optional[str]:
-        """Log the network as an MLflow model with its weights-only state dict
-        (:func:`medpipe.mlflow_models.log_network`: ``extra_files/state_dict.pt``, the file medpipe reads back,
-        beside MLflow's pickled ``data/model.pth``); returns the model URI ``runs:/<id>/<name>``.
+    def log_model(self, net, name: str = "model", example=None) -> Optional[str]:
+        """Log the network as an MLflow model with a signature, an input example and its weights-only state dict
+        (:func:`medpipe.mlflow_models.log_network`: ``extra_files/state_dict.pt``, the file medpipe reads back;
+        the model itself as MLflow's ``pt2`` where that serves every input size, else pickled), and register it
+        when ``register_model`` is set. Tags ``model.serialization`` (and ``model.pickle_reason``).
 
         Pip requirements are given explicitly (torch and MONAI versions) so MLflow does not spawn a process to
         infer them.
+
+        Args:
+            net: the trained network.
+            name: the model's name in the run.
+            example: :func:`medpipe.mlflow_models.network_example` ``(1, C, *spatial)`` float32, or ``None``.
+
+        Returns:
+            The model URI ``runs:/<id>/<name>``, or ``None`` when tracking or ``log_model`` is off.
         """
         if not (self.enabled and self.cfg.log_model):
             return None
         from medpipe.mlflow_models import log_network
 
         versions = library_versions()
-        log_network(net, name, [f"torch=={versions['torch'].split('+')[0]}", f"monai=={versions['monai']}"])
-        return f"runs:/{self.run_id}/{name}"
+        fmt, reason = log_network(net, name, [f"torch=={versions['torch'].split('+')[0]}",
+                                              f"monai=={versions['monai']}"], example)
+        self._mlflow.set_tags({"model.serialization": fmt, **({"model.pickle_reason": reason[:500]} if reason else {})})
+        uri = f"runs:/{self.run_id}/{name}"
+        if self.cfg.register_model:
+            self._register(uri)
+        return uri
+
+    def _register(self, uri: str) -> None:
+        """Register ``uri`` as a new version of ``register_model``, with the run's metrics (latest values) as
+        version tags; the run gets the tag ``model.registered`` (``<name>/<version>``)."""
+        metrics = self._mlflow.MlflowClient().get_run(self.run_id).data.metrics
+        version = self._mlflow.register_model(uri, self.cfg.register_model,
+                                              tags={k: f"{v:.6g}" for k, v in sorted(metrics.items())})
+        self._mlflow.set_tag("model.registered", f"{version.name}/{version.version}")
+        logger.info("model registered as %s version %s (models:/%s/%s)", version.name, version.version, version.name,
+                    version.version)
 
     # --------------------------------------------------------------------------------------- engines
     def attach(self, engines) -> None:

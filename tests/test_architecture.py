@@ -47,6 +47,8 @@ FORBIDDEN: Dict[str, Tuple[str, ...]] = {
                            "medpipe.tracking", "medpipe.serve", "medpipe.export"),
     "medpipe.serve": ("medpipe.engine", "medpipe.workflow", "medpipe.export"),
     "medpipe.export": ("medpipe.engine", "medpipe.workflow", "medpipe.serve"),
+    "medpipe.bundle": ("medpipe.engine", "medpipe.workflow", "medpipe.serve", "medpipe.export"),
+    "medpipe.bundle_docs": ("medpipe.engine", "medpipe.workflow", "medpipe.serve", "medpipe.export"),
 }
 # config checks transform names against medpipe's own transforms: a leaf module that imports only MONAI
 ALLOWED_EDGES = {("medpipe.config.transforms", "medpipe.data.custom_transforms")}

@@ -56,6 +56,8 @@ def test_segmenter_export_round_trip(seg_run, tmp_path, fmt):
     assert spec["verification"]["max_abs_logit_diff"] <= 1e-4 and spec["verification"]["same_argmax"]
     assert spec["verification"]["tensor_shape"] == [1, 1, 512, 512]  # a whole real EM section
     assert (tmp_path / fmt / ("model.ts" if fmt == "torchscript" else "model.onnx")).stat().st_size > 10_000
+    card = (tmp_path / fmt / "model_card.md").read_text()  # the run's own card travels with the model
+    assert card == (seg_run.output_dir / "model_card.md").read_text() and "not a medical device" in card
 
 
 def test_export_fails_loudly_on_mismatch_and_bad_args(seg_run, cls_run, tmp_path, capsys):

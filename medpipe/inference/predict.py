@@ -2,7 +2,8 @@
 
 Each case goes through the pipeline's inference transforms, the sliding-window inferer, a softmax, MONAI's
 ``Invertd`` (undoing invertible spatial transforms so the mask matches the original file's grid), and is
-written as a PNG (``0``/``255`` for two classes, class indices otherwise) or NIfTI mask.
+written as a PNG (``0``/``255`` for two classes, class indices otherwise) or NIfTI mask. A case whose image is a
+single DICOM file also gets ``<stem>.seg.dcm``, a DICOM SEG referencing it (:mod:`medpipe.inference.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from medpipe.inference.dicom_seg import is_dicom_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +111,48 @@ def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = 
     return path
 
 
+class _DicomSegWriter:
+    """Writes ``<stem>.seg.dcm`` for the DICOM cases of one :func:`predict_cases` call; the loader's layout is
+    probed once, with the first DICOM case's header."""
+
+    def __init__(self, transform, num_classes: int, class_names, pipeline_name: str, run_id):
+        self.transform, self.num_classes, self.class_names = transform, num_classes, class_names
+        self.pipeline_name, self.run_id = pipeline_name, run_id
+        self.transposed: Optional[bool] = None
+        self.probed = False
+
+    def __call__(self, mask: np.ndarray, image: str, out: Path, rec: Dict) -> None:
+        """Write the SEG of ``mask`` over ``image``; a source a SEG cannot reference is logged and noted in
+        ``rec["dicom_seg_error"]``, the mask is kept."""
+        import functools
+
+        from medpipe.inference import dicom_seg
+
+        try:
+            ds = dicom_seg.read_source(image)
+            if not self.probed:
+                self.transposed = dicom_seg.loader_transposes(self.transform,
+                                                              functools.partial(dicom_seg.probe_dicom, ds), ".dcm")
+                self.probed = True
+            rec["dicom_seg"] = str(dicom_seg.write_dicom_seg(
+                mask, ds, out, self.class_names, num_classes=self.num_classes, pipeline=self.pipeline_name,
+                run_id=self.run_id, transposed=self.transposed, name=image))
+        except dicom_seg.DicomSegError as exc:
+            logger.warning("no DICOM SEG: %s", exc)
+            rec["dicom_seg_error"] = str(exc)
+
+
 def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_dir: Path, num_classes: int,
-                  output_format: str = "png", save_probabilities: bool = False, progress: bool = False
-                  ) -> List[Dict]:
+                  output_format: str = "png", save_probabilities: bool = False, progress: bool = False,
+                  class_names: Optional[Sequence[str]] = None, pipeline_name: str = "medpipe",
+                  run_id: Optional[str] = None) -> List[Dict]:
     """Predict every case and write ``<out_dir>/<stem>.png`` (or ``.nii.gz``).
 
     With ``save_probabilities`` also ``<stem>_prob.npy``: float32 foreground probability ``(H, W)`` for two
-    classes, else all class probabilities ``(K, H, W)``.
+    classes, else all class probabilities ``(K, H, W)``. A case whose image is a single DICOM file (a CT/MR slice,
+    a CR/DX radiograph) also gets ``<stem>.seg.dcm``, a binary DICOM SEG with one segment per foreground class that
+    references the image (:func:`medpipe.inference.dicom_seg.write_dicom_seg`); an image a SEG cannot reference
+    (no SOP Instance UID, several frames, ...) is logged as a warning and noted in the record, its mask is kept.
 
     Args:
         net: network returning logits ``(1, K, *spatial)``.
@@ -127,9 +165,13 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
         output_format: ``"png"`` (2-D) or ``"nifti"``.
         save_probabilities: also write the probabilities as ``.npy``.
         progress: tqdm progress bar over cases.
+        class_names: ``K`` class names for the DICOM SEG's segment labels (default ``class <k>``).
+        pipeline_name: the pipeline's name (the DICOM SEG's algorithm and series description).
+        run_id: the MLflow run id (the DICOM SEG's device serial number), or ``None``.
 
     Returns:
-        One record per case: ``{"image", "label" (if any), "mask", "probabilities" (if saved)}``.
+        One record per case: ``{"image", "label" (if any), "mask", "probabilities" (if saved), "dicom_seg"
+        (DICOM inputs) or "dicom_seg_error" (a DICOM a SEG cannot reference)}``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +182,7 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
         from tqdm import tqdm
 
         iterator = tqdm(cases, desc=f"predict {out_dir.name}", leave=False)
+    seg_writer = _DicomSegWriter(transform, num_classes, class_names, pipeline_name, run_id)
     for case in iterator:
         prob = predict_case(net, case, transform, inferer, device)
         mask = prob.argmax(0)
@@ -148,6 +191,8 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
                                                               case["image"]))}
         if "label" in case:
             rec["label"] = case["label"]
+        if is_dicom_file(case["image"]):
+            seg_writer(mask, case["image"], out_dir / f"{stem}.seg.dcm", rec)
         if save_probabilities:
             p = out_dir / f"{stem}_prob.npy"
             np.save(p, prob[1] if num_classes == 2 else prob)

@@ -3,7 +3,10 @@
 Endpoints:
 
 * ``POST /predict`` (multipart form, field ``file``; PNG, JPEG or DICOM; query ``preview=true`` adds the image as
-  a PNG for display) -> JSON prediction (see :meth:`ServedModel.predict`);
+  a PNG for display) -> JSON prediction (see :meth:`ServedModel.predict`); for a segmenter and a DICOM upload,
+  ``dicom_seg=true`` adds ``dicom_seg_b64`` (a DICOM SEG referencing the upload, base64) to the JSON and
+  ``format=dicom-seg`` answers the DICOM SEG file itself (``application/dicom``); asked of another upload or model:
+  422;
 * ``GET /health`` -> ``{"status": "ok", ...}``;
 * ``GET /model`` -> pipeline name, task, classes, the run's metrics and the input spec;
 * ``GET /`` -> the web page (``static/index.html``, plain HTML/CSS/JS); OpenAPI docs at ``/docs``.
@@ -25,6 +28,7 @@ Needs the ``serve`` extra: ``pip install 'medpipe[serve]'`` (fastapi, uvicorn, p
 """
 
 import asyncio
+import base64
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -203,35 +207,46 @@ def _add_info_routes(app, desc: Dict[str, Any], limits: Dict[str, Any], counts: 
 def _add_predict_route(app, model, limits: Dict[str, Any], counts: Dict[str, int], gate: Gate) -> None:
     """``POST /predict``: admission (:class:`Gate`) -> upload -> decode, checks and :meth:`ServedModel.predict` in
     a worker thread, all within the request's :class:`Deadline`."""
-    from fastapi import Query, Request
+    from fastapi import Query, Request, Response
 
     executor = ThreadPoolExecutor(max_workers=gate.capacity, thread_name_prefix="medpipe-predict")
     window = intensity_window(model.cfg)
 
-    def work(job: Deadline, data: bytes, preview: bool) -> Dict[str, Any]:
+    def work(job: Deadline, data: bytes, preview: bool, dicom_seg: bool) -> Dict[str, Any]:
         try:
             decoded = decode_upload(data, limits["max_pixels"])
+            if dicom_seg:
+                model.check_dicom_seg(decoded)  # before the network runs
             check_intensity(decoded, window, model.cfg.name)
-            return model.predict(decoded, preview, deadline=job)
+            return model.predict(decoded, preview, deadline=job, dicom_seg=dicom_seg)
         finally:
             gate.leave(job)  # the place is freed when the work has really stopped
 
     predict_doc = ("Predict one image. Send it as multipart form field `file` (PNG, JPEG or DICOM Part 10). "
                    "Classifier: `label`, `probabilities`; segmenter: `mask_png` (base64) and `area`. Errors: 413 too "
                    "large, 415 not an image type, 422 corrupt or not fitting the model, 408 upload too slow, 503 "
-                   "busy (with Retry-After) or over the time limit.")
+                   "busy (with Retry-After) or over the time limit. DICOM SEG (segmenter, DICOM upload): "
+                   "`dicom_seg=true` adds `dicom_seg_b64` (base64 of the SEG file) to the JSON; `format=dicom-seg` "
+                   "answers the SEG file itself (`application/dicom`, `segmentation.seg.dcm`); for a PNG/JPEG upload "
+                   "or a classifier both are answered 422.")
 
     @app.post("/predict", summary="Predict one uploaded image", description=predict_doc,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["file"],
                   "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
-    async def predict(request: Request, preview: bool = Query(False, description="add the image as preview_png")):
+    async def predict(request: Request, preview: bool = Query(False, description="add the image as preview_png"),
+                      dicom_seg: bool = Query(False, description="add dicom_seg_b64: a DICOM SEG of the mask "
+                                              "(segmenter, DICOM upload)"),
+                      fmt: str = Query("json", alias="format", pattern="^(json|dicom-seg)$",
+                                       description="json (default) or dicom-seg: the DICOM SEG file itself")):
         """:meth:`ServedModel.predict` of the uploaded file (run in a worker thread)."""
+        as_seg = fmt == "dicom-seg"
         job = gate.enter()
         future = None
         try:
             data = await asyncio.wait_for(read_upload(request, limits["max_upload_bytes"]), job.remaining())
-            future = asyncio.get_running_loop().run_in_executor(executor, work, job, data, preview)
+            future = asyncio.get_running_loop().run_in_executor(executor, work, job, data, preview,
+                                                                dicom_seg or as_seg)
         except asyncio.TimeoutError:
             raise InputError(408, f"the upload was not received within the limit of {job.limit_s:g} s "
                              "(--timeout-s)") from None
@@ -245,6 +260,9 @@ def _add_predict_route(app, model, limits: Dict[str, Any], counts: Dict[str, int
             job.cancel()
             raise job.error("while the network was running") from None
         counts["predictions"] += 1
+        if as_seg:
+            return Response(base64.b64decode(result["dicom_seg_b64"]), media_type="application/dicom",
+                            headers={"Content-Disposition": 'attachment; filename="segmentation.seg.dcm"'})
         return result
 
 

@@ -81,6 +81,7 @@ class DecodedImage:
         value_range: ``(min, max)`` of the decoded values when ``bits`` > 8, else ``None`` (0..255).
         pixel_spacing_mm: ``(row spacing, column spacing)`` in mm, or ``None`` when unknown.
         info: extra facts for the response (DICOM modality, photometric interpretation, VOI applied, ...).
+        dataset: the ``pydicom.Dataset`` of a DICOM upload (the source a DICOM SEG references), else ``None``.
     """
 
     format: str
@@ -93,6 +94,7 @@ class DecodedImage:
     info: Dict[str, Any] = field(default_factory=dict)
     bits: int = 8
     value_range: Optional[Tuple[float, float]] = None
+    dataset: Any = field(default=None, repr=False)
 
     @property
     def pixels(self) -> int:
@@ -360,4 +362,4 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
     buf = io.BytesIO()
     img = Image.fromarray(pixels)
     img.save(buf, format="PNG")
-    return DecodedImage("dicom", buf.getvalue(), ".png", img.width, img.height, img.mode, spacing, info)
+    return DecodedImage("dicom", buf.getvalue(), ".png", img.width, img.height, img.mode, spacing, info, dataset=ds)

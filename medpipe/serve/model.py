@@ -23,6 +23,7 @@ and absolute paths in transform arguments by their file name.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -88,6 +89,7 @@ class ServedModel:
     trained: TrainedRun
     keep_uploads: Optional[Path] = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _layout: Dict[str, Optional[bool]] = field(default_factory=dict, repr=False)
 
     @property
     def cfg(self) -> PipelineConfig:
@@ -276,8 +278,52 @@ class ServedModel:
                 "area": {"foreground_pixels": fg, "foreground_fraction": fg / mask.size,
                          "foreground_mm2": fg * px_area if px_area else None, "per_class": per_class}}
 
-    def predict(self, decoded: DecodedImage, preview: bool = False, deadline: Optional[Deadline] = None
-                ) -> Dict[str, Any]:
+    def check_dicom_seg(self, decoded: DecodedImage) -> None:
+        """Whether a DICOM SEG can be made of this upload's prediction, checked before predicting.
+
+        Raises:
+            InputError: 422 when the model is not a segmenter, the upload is not a DICOM file, or its header lacks
+                what a SEG references (SOP Instance UID, ...; :func:`medpipe.inference.dicom_seg.read_source`).
+        """
+        from medpipe.inference.dicom_seg import DicomSegError, read_source
+
+        if self.task != "segmentation":
+            raise InputError(422, f"DICOM SEG output needs a segmentation model; {self.cfg.name!r} is a "
+                             f"{self.task} model: leave out format=dicom-seg / dicom_seg=true")
+        if decoded.format != "dicom" or decoded.dataset is None:
+            raise InputError(422, f"DICOM SEG output needs a DICOM upload (the SEG references the source image's "
+                             f"UIDs); this upload is a {decoded.format.upper()} file: send the .dcm file, or leave "
+                             "out format=dicom-seg / dicom_seg=true")
+        try:
+            read_source(decoded.dataset, "the DICOM upload")
+        except DicomSegError as exc:
+            raise InputError(422, str(exc)) from None
+
+    def dicom_seg(self, mask: np.ndarray, decoded: DecodedImage) -> bytes:
+        """The DICOM SEG (Part 10 bytes) of a predicted ``mask`` over the DICOM upload it was predicted on.
+
+        The mask is laid out as the pipeline's loader read the PNG rendering of the upload; that layout is asked of
+        the loader once, with a 2 x 3 probe PNG (:func:`medpipe.inference.dicom_seg.loader_transposes`).
+
+        Raises:
+            InputError: 422 when highdicom refuses the source (see
+                :func:`medpipe.inference.dicom_seg.build_dicom_seg`).
+        """
+        from medpipe.inference.dicom_seg import DicomSegError, dicom_seg_bytes, loader_transposes, probe_png
+
+        if "png" not in self._layout:
+            self._layout["png"] = loader_transposes(self.transform, probe_png, ".png")
+        k = self.cfg.net.out_channels
+        names = self.trained.classes if self.trained.classes and len(self.trained.classes) == k else None
+        try:
+            return dicom_seg_bytes(mask, decoded.dataset, class_names=names, num_classes=k, pipeline=self.cfg.name,
+                                   run_id=self.trained.run_id, transposed=self._layout["png"],
+                                   name="the DICOM upload")
+        except DicomSegError as exc:
+            raise InputError(422, str(exc)) from None
+
+    def predict(self, decoded: DecodedImage, preview: bool = False, deadline: Optional[Deadline] = None,
+                dicom_seg: bool = False) -> Dict[str, Any]:
         """Predict a decoded upload; the JSON body of ``POST /predict``.
 
         The upload is written to a scratch file (``/dev/shm`` where available) for the pipeline's ``LoadImaged``
@@ -291,17 +337,22 @@ class ServedModel:
             indices), ``area`` (foreground = every class but 0: ``pixels``, ``fraction``, ``mm2`` or ``None``
             without pixel spacing, and per class). Both: ``input`` (format, size, spacing, DICOM facts),
             ``pipeline``, ``task``, ``seconds``; ``preview_png`` (base64, the grey levels the model saw before
-            scaling, at most 1024 px) when ``preview``.
+            scaling, at most 1024 px) when ``preview``; ``dicom_seg_b64`` (base64 of a DICOM SEG Part 10 file,
+            :meth:`dicom_seg`) when ``dicom_seg``.
 
         Args:
             decoded: the checked upload (:func:`medpipe.serve.images.decode_upload`).
             preview: add ``preview_png``.
             deadline: the request's time limit (``None``: none); waiting for the prediction in progress counts.
+            dicom_seg: add ``dicom_seg_b64`` (a segmenter and a DICOM upload only, checked before predicting).
 
         Raises:
-            InputError: see :meth:`predict_file`; 503 when ``deadline`` passes while waiting or predicting.
+            InputError: see :meth:`predict_file`; 503 when ``deadline`` passes while waiting or predicting; 422 when
+                ``dicom_seg`` is asked of a classifier or of an upload that is not a DICOM a SEG can reference.
         """
         t0 = time.perf_counter()
+        if dicom_seg:
+            self.check_dicom_seg(decoded)
         raw, converted = self._predict_upload(decoded, deadline)
         cfg = self.cfg
         spacing = decoded.pixel_spacing_mm
@@ -316,6 +367,8 @@ class ServedModel:
             out.update(self._classification_body(raw))
         else:
             out.update(self._segmentation_body(raw["mask"], spacing))
+            if dicom_seg:
+                out["dicom_seg_b64"] = base64.b64encode(self.dicom_seg(raw["mask"], decoded)).decode("ascii")
         if preview:
             out["preview_png"] = preview_png(decoded)
         out["seconds"] = round(time.perf_counter() - t0, 4)

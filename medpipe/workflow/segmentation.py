@@ -108,7 +108,8 @@ class SegmentationTask(Task):
             if cases:
                 predictions[split] = predict_cases(
                     engines.net, cases, infer_tf, inferer, engines.device, state.folder.predictions_dir / split,
-                    cfg.net.out_channels, cfg.infer.output_format, cfg.infer.save_probabilities, cfg.train.progress)
+                    cfg.net.out_channels, cfg.infer.output_format, cfg.infer.save_probabilities, cfg.train.progress,
+                    pipeline_name=cfg.name, run_id=state.tracker.run_id)
         plots = state.folder.plots_dir
         plot_history(state.tracker.history, plots / "training_curves.png", title=cfg.name)
         if predictions.get("val"):

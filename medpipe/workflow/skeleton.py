@@ -25,6 +25,7 @@ from typing import Dict, Optional
 import torch
 
 from medpipe.config import PipelineConfig, flatten, resolved_dict
+from medpipe.data.cases import resolve_root
 from medpipe.data.integrity import manifest_hash
 from medpipe.data.loaders import build_dataset, build_loader
 from medpipe.data.transforms import build_transforms, cache_on_device
@@ -34,6 +35,7 @@ from medpipe.nets import build_net
 from medpipe.nets.factory import prepare_net
 from medpipe.model_card import write_model_card
 from medpipe.runs import RunFolder, no_nan
+from medpipe.mlflow_models import network_example
 from medpipe.tracking import Tracker, env_summary, git_commit, library_versions, load_model_state_dict
 from medpipe.workflow.classification import ClassificationTask
 from medpipe.workflow.data import PreparedData, check_same_split, manifest_doc
@@ -167,19 +169,22 @@ class PipelineRun:
                        resume_run_id=self.resume.run_id if self.resume is not None else None)
 
     def log_start(self, tracker: Tracker) -> None:
-        """Params, tags, config, manifest and integrity table of a new run (rank 0); ``mlflow_run.json`` in the
-        run folder records the MLflow run for ``--resume <folder>``."""
+        """Params, tags, config, manifest, the splits as MLflow dataset inputs and the integrity table of a new run
+        (rank 0); ``mlflow_run.json`` in the run folder records the MLflow run for ``--resume <folder>``."""
         cfg, data, folder, dist = self.cfg, self.data, self.folder, self.dist
         tracker.log_params(flatten(self.resolved))
+        sha = data.manifest_sha256 or (manifest_hash(data.cases) if tracker.enabled else "")
         tags = {
             "pipeline": cfg.name, "task": cfg.task, "output_dir": str(folder.path.resolve()),
             "git_commit": git_commit(Path(__file__).parent) or "none",
-            "dataset.manifest_sha256": data.manifest_sha256 or manifest_hash(data.cases), **data.tags(),
+            "dataset.manifest_sha256": sha, **data.tags(),
             **{f"version.{k}": v for k, v in library_versions().items()}, **env_summary(),
         }
         if dist.distributed:
             tags.update({"distributed.world_size": dist.world_size, "distributed.backend": dist.backend})
         tracker.set_tags(tags)
+        tracker.log_datasets(cfg.name, str(resolve_root(cfg.data.root)), sha,
+                             {"train": data.train, "val": data.val, "test": data.test})
         tracker.log_artifact(folder.config_file)
         tracker.log_artifact(folder.manifest_file)
         problems_file = folder.write_problems(data.problems)
@@ -289,7 +294,8 @@ class PipelineRun:
         for name in outcome.artifacts:
             path = self.folder.path / name
             tracker.log_artifact(path, name if path.is_dir() else None)
-        return tracker.log_model(state.engines.net)
+        roi = self.cfg.infer.roi_size if self.cfg.task == "segmentation" and self.cfg.infer else None
+        return tracker.log_model(state.engines.net, example=network_example(state.val_loader.dataset, roi))
 
 
 def run_single(cfg: PipelineConfig, out_dir: Optional[Path] = None, data: Optional[PreparedData] = None,

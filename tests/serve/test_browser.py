@@ -1,5 +1,6 @@
 """Browser test: the page in headless Debian Chromium (driven by Playwright, never `playwright install`) uploads a
-real chest X-ray and shows the predicted label and the class probabilities; a screenshot is kept.
+real chest X-ray and shows the predicted label and the class probabilities; a screenshot is kept. With the EM
+segmenter, a CT slice (pydicom's CT_small.dcm) shows the mask and a "Download DICOM SEG" link whose file is read back.
 
 Screenshots go to ``$MEDPIPE_TEST_ARTIFACTS`` (default ``artifacts/test/serve/``, git-ignored).
 """
@@ -38,6 +39,16 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(cls_run):
+    yield from _serve(cls_run)
+
+
+@pytest.fixture(scope="module")
+def seg_server(seg_run):
+    yield from _serve(seg_run)
+
+
+def _serve(run):
+    """The page of ``run``'s model on a free local port (a generator for a fixture)."""
     _require_browser()
     import uvicorn
 
@@ -45,7 +56,7 @@ def server(cls_run):
     from medpipe.serve.model import load_model
 
     port = _free_port()
-    app = create_app(load_model(str(cls_run.output_dir)))
+    app = create_app(load_model(str(run.output_dir)))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -93,3 +104,45 @@ def test_page_uploads_xray_and_shows_prediction(server, datasets):
         finally:
             browser.close()
     assert (out / "serve_page_xray.png").stat().st_size > 10_000
+
+
+def test_page_segments_dicom_and_downloads_dicom_seg(seg_server, datasets, tmp_path):
+    import highdicom as hd
+    import pydicom
+    from playwright.sync_api import expect, sync_playwright
+    from pydicom.data import get_testdata_file
+
+    out = Path(os.environ.get("MEDPIPE_TEST_ARTIFACTS", "artifacts/test/serve"))
+    out.mkdir(parents=True, exist_ok=True)
+    ct = get_testdata_file("CT_small.dcm")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+            page.goto(seg_server + "/")
+            expect(page.locator("#title")).to_have_text("em_serve_tiny")
+            page.set_input_files("#file-input", ct)
+            expect(page.locator("body")).to_have_attribute("data-state", "done", timeout=30_000)
+            expect(page.locator("#overlay-toggle-label")).to_be_visible()
+            link = page.locator("#dicom-seg")
+            expect(link).to_be_visible()
+            with page.expect_download() as info:
+                link.click()
+            download = info.value
+            assert download.suggested_filename == "CT_small.seg.dcm"
+            saved = tmp_path / download.suggested_filename
+            download.save_as(saved)
+            page.screenshot(path=str(out / "serve_page_dicom_seg.png"), full_page=True)
+            # a PNG afterwards: no SEG offered
+            page.evaluate("document.body.dataset.state = ''")
+            page.set_input_files("#file-input", str(datasets / "isbi2012_em" / "train" / "image" / "0.png"))
+            expect(page.locator("body")).to_have_attribute("data-state", "done", timeout=30_000)
+            expect(link).to_be_hidden()
+        finally:
+            browser.close()
+    source = pydicom.dcmread(ct)
+    seg = hd.seg.segread(str(saved))
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        source.SOPInstanceUID
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=True)
+    assert pixels.shape == (1, source.Rows, source.Columns)

@@ -90,14 +90,38 @@ async function renderSegmentation(r) {
   $("overlay-toggle-label").hidden = false;
 }
 
+async function isDicom(file) {
+  // DICOM Part 10: 128 bytes of preamble, then "DICM" (what the server checks too).
+  if (file.size < 132) return false;
+  const magic = new Uint8Array(await file.slice(128, 132).arrayBuffer());
+  return String.fromCharCode(...magic) === "DICM";
+}
+
+function segFileName(name) {
+  return name.replace(/\.(dcm|dicom)$/i, "") + ".seg.dcm";
+}
+
+function showDicomSeg(b64, fileName) {
+  // The DICOM SEG from the JSON answer, offered as a file download.
+  const link = $("dicom-seg");
+  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  if (!b64) { link.hidden = true; link.removeAttribute("href"); return; }
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  link.href = URL.createObjectURL(new Blob([bytes], { type: "application/dicom" }));
+  link.download = segFileName(fileName);
+  link.hidden = false;
+}
+
 async function predict(file) {
   showError("");
   $("status").textContent = "predicting " + file.name + " …";
   const form = new FormData();
   form.append("file", file, file.name);
+  // a segmentation of a DICOM upload also comes back as a DICOM SEG
+  const wantSeg = modelInfo !== null && modelInfo.task === "segmentation" && await isDicom(file);
   let res, body;
   try {
-    res = await fetch("/predict?preview=true", { method: "POST", body: form });
+    res = await fetch("/predict?preview=true" + (wantSeg ? "&dicom_seg=true" : ""), { method: "POST", body: form });
     body = await res.json();
   } catch (err) {
     $("status").textContent = "";
@@ -120,6 +144,7 @@ async function predict(file) {
     ", " + body.seconds.toFixed(2) + " s";
   if (body.task === "classification") renderClassification(body);
   else await renderSegmentation(body);
+  showDicomSeg(body.dicom_seg_b64, file.name);
   document.body.dataset.state = "done";
 }
 
