@@ -40,7 +40,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 logger = logging.getLogger(__name__)
 
 __all__ = ["STATE_DICT_FILE", "PICKLED_MODEL_FILES", "TRUST_HINT", "UntrustedModelError", "load_weights_file",
-           "log_network", "network_example", "pt2_refusal", "resolve_model_uri", "load_model_state_dict", "fetch_model_run"]
+           "log_network", "network_example", "pt2_refusal", "resolve_model_uri", "load_model_state_dict",
+           "fetch_model_run"]
 
 #: the weights-only state dict inside a logged model folder (``log_model(extra_files=[...])`` puts it there)
 STATE_DICT_FILE = "extra_files/state_dict.pt"
@@ -137,6 +138,9 @@ def pt2_refusal(net, example) -> Optional[str]:
     itself refuses is skipped; a size ``net`` accepts and the exported program refuses (BasicUNet pads sizes that
     are not a multiple of 16; its export does not), or outputs that differ by more than 1e-4, is the reason.
 
+    The answer is kept per architecture (``repr(net)``) and example shape for the rest of the process: the
+    export takes 1.5-4 s on 2 CPU cores.
+
     Args:
         net: the network, on CPU, in eval mode.
         example: :func:`network_example` ``(1, C, *spatial)`` float32.
@@ -144,6 +148,19 @@ def pt2_refusal(net, example) -> Optional[str]:
     Returns:
         ``None``, or one line saying which input failed and how.
     """
+    key = (repr(net), tuple(example.shape))  # the architecture (every layer and its sizes) and the input shape
+    if key not in _PT2_CHECKED:
+        _PT2_CHECKED[key] = _pt2_check(net, example)
+    return _PT2_CHECKED[key]
+
+
+#: :func:`pt2_refusal` per (network repr, example shape) in this process: the answer depends on the architecture
+#: only, not on the weights, so runs of one pipeline (cross-validation folds, tests) export once
+_PT2_CHECKED: Dict[Tuple[str, tuple], Optional[str]] = {}
+
+
+def _pt2_check(net, example) -> Optional[str]:
+    """:func:`pt2_refusal` without the cache."""
     import torch
     from torch.export import Dim
 
@@ -190,7 +207,7 @@ def _signature(net, example):
 
 
 def log_network(net, name: str = "model", pip_requirements: Optional[list] = None, example=None
-                ) -> Tuple[str, Optional[str]]:
+                ) -> Tuple[str, Optional[str], str]:
     """Log ``net`` to the active MLflow run as the model ``name``, with a signature, an input example and its
     weights-only state dict.
 
@@ -219,7 +236,8 @@ def log_network(net, name: str = "model", pip_requirements: Optional[list] = Non
             pickle).
 
     Returns:
-        ``(format, why pickle or None)``: ``("pt2", None)`` or ``("pickle", reason)``.
+        ``(format, why pickle or None, model URI)``: ``("pt2", None, uri)`` or ``("pickle", reason, uri)``; the URI
+        is MLflow's ``models:/<model id>`` of the logged model.
     """
     import mlflow.pytorch
     import numpy as np
@@ -242,11 +260,12 @@ def log_network(net, name: str = "model", pip_requirements: Optional[list] = Non
             if reason:
                 logger.info("model %s logged with pickle beside the tensors-only %s (%s)", name, STATE_DICT_FILE,
                             reason)
-            mlflow.pytorch.log_model(net, name=name, pip_requirements=pip_requirements, serialization_format=fmt,
-                                     signature=signature, input_example=example, extra_files=[str(path)])
+            info = mlflow.pytorch.log_model(net, name=name, pip_requirements=pip_requirements,
+                                            serialization_format=fmt, signature=signature, input_example=example,
+                                            extra_files=[str(path)])
     finally:
         net.train(training)
-    return fmt, reason
+    return fmt, reason, info.model_uri
 
 
 # ------------------------------------------------------------------------------------------ read side

@@ -331,20 +331,21 @@ class Tracker:
         from medpipe.mlflow_models import log_network
 
         versions = library_versions()
-        fmt, reason = log_network(net, name, [f"torch=={versions['torch'].split('+')[0]}",
+        fmt, reason, model_uri = log_network(net, name, [f"torch=={versions['torch'].split('+')[0]}",
                                               f"monai=={versions['monai']}"], example)
         self._mlflow.set_tags({"model.serialization": fmt, **({"model.pickle_reason": reason[:500]} if reason else {})})
         uri = f"runs:/{self.run_id}/{name}"
         if self.cfg.register_model:
-            self._register(uri)
+            self._register(model_uri)
         return uri
 
     def _register(self, uri: str) -> None:
-        """Register ``uri`` as a new version of ``register_model``, with the run's metrics (latest values) as
-        version tags; the run gets the tag ``model.registered`` (``<name>/<version>``)."""
+        """Register the logged model ``uri`` (``models:/<model id>``) as a new version of ``register_model``, with
+        the run's metrics (latest values) as version tags; the run gets the tag ``model.registered``
+        (``<name>/<version>``)."""
         metrics = self._mlflow.MlflowClient().get_run(self.run_id).data.metrics
         version = self._mlflow.register_model(uri, self.cfg.register_model,
-                                              tags={k: f"{v:.6g}" for k, v in sorted(metrics.items())})
+                                              tags={k: str(v) for k, v in sorted(metrics.items())})
         self._mlflow.set_tag("model.registered", f"{version.name}/{version.version}")
         logger.info("model registered as %s version %s (models:/%s/%s)", version.name, version.version, version.name,
                     version.version)

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 
 from medpipe.config import PipelineConfig, flatten, resolved_dict
+from medpipe.data.cases import resolve_root
 from medpipe.data.integrity import manifest_hash
 from medpipe.data.loaders import class_counts
 from medpipe.data.splits import cross_validation_folds
@@ -211,6 +212,9 @@ def run_cross_validation(cfg: PipelineConfig) -> RunResult:
     with tracker:
         tracker.log_params(flatten(resolved))
         tracker.set_tags(_parent_tags(cfg, out_dir, discovered, folds, test, sha))
+        # the pool the folds are cut from (each fold's run logs its own train / val) and the held-out test split
+        tracker.log_datasets(cfg.name, str(resolve_root(cfg.data.root)), sha,
+                             {"train": folds[0][0] + folds[0][1], "test": test})
         tracker.log_artifact(RunFolder(out_dir).config_file)
         tracker.log_artifact(RunFolder(out_dir).manifest_file)
         problems_file = RunFolder(out_dir).write_problems(discovered.problems)
