@@ -24,7 +24,6 @@ Cross-validation (``data.split.kfold`` without ``fold``, :mod:`medpipe.workflow.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 from typing import List, Optional
@@ -48,10 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-only", action="store_true", help="validate the pipeline and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
-
-
-#: a full disk, a read-only or forbidden output folder, a quota: the user's to fix, said in one line
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def _load(args):
@@ -104,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from medpipe.data.cases import DataError  # torch, MONAI, MLflow: imported once the config is valid
     from medpipe.engine.trainer import NonFiniteLossError
     from medpipe.workflow import run_pipeline
+    from medpipe.workflow.skeleton import WRITE_ERRNOS
 
     try:
         result = run_pipeline(cfg, resume=resume)
@@ -114,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in WRITE_ERRNOS:  # a full disk, a read-only folder: the user's to fix, in one line
             raise
         print(f"error: cannot write {exc.filename or cfg.output_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
