@@ -136,6 +136,11 @@ class DataConfig(StrictModel):
                                                     "is the name of each image's parent folder")
     classes: Optional[List[str]] = Field(None, min_length=2, description="classification: ordered class names "
                                          "(index = position); default: the sorted names found in the data")
+    modality: Optional[List[str]] = Field(None, description="DICOM Modality codes (0008,0060) of the data the "
+                                          "model is trained for, e.g. [CR, DX]; a served DICOM of another modality "
+                                          "is refused (or flagged, see serve --allow-mismatch)")
+    body_part: Optional[List[str]] = Field(None, description="DICOM Body Part Examined values (0018,0015) the model "
+                                           "is trained for, e.g. [CHEST]; checked like modality")
     sampler: Literal["none", "weighted"] = Field("none", description="classification: weighted = "
                                                  "torch WeightedRandomSampler by inverse class frequency")
 

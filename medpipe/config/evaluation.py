@@ -12,10 +12,10 @@ from typing_extensions import Annotated
 from medpipe.config.base import StrictModel
 
 __all__ = ["SegMetric", "ClsMetric", "SEGMENTATION_METRICS", "CLASSIFICATION_METRICS", "LOWER_IS_BETTER_METRICS",
-           "MetricsConfig", "ReportConfig", "InferConfig"]
+           "ThresholdTarget", "IntervalsConfig", "MetricsConfig", "ReportConfig", "InferConfig"]
 
 #: segmentation metric names (see :class:`MetricsConfig`)
-SegMetric = Literal["dice", "pixel_accuracy", "v_rand", "v_info", "hd95"]
+SegMetric = Literal["dice", "pixel_accuracy", "v_rand", "v_info", "v_rand_unthinned", "v_info_unthinned", "hd95"]
 #: classification metric names (see :class:`MetricsConfig`)
 ClsMetric = Literal["accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "precision", "f1"]
 SEGMENTATION_METRICS: Tuple[str, ...] = typing.get_args(SegMetric)
@@ -24,12 +24,48 @@ CLASSIFICATION_METRICS: Tuple[str, ...] = typing.get_args(ClsMetric)
 LOWER_IS_BETTER_METRICS: Tuple[str, ...] = ("hd95",)
 
 
+class ThresholdTarget(StrictModel):
+    """An operating point a clinician asks for: the highest threshold on P(class 1) whose **validation**
+    sensitivity is at least ``sensitivity`` (or specificity at least ``specificity``); exactly one is set. The
+    threshold is then applied unchanged to the test split, whose sensitivity / specificity are reported with
+    intervals (they may fall below the target: the test split never influences the choice)."""
+
+    sensitivity: Optional[float] = Field(None, gt=0, le=1, description="minimum validation sensitivity")
+    specificity: Optional[float] = Field(None, gt=0, le=1, description="minimum validation specificity")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ThresholdTarget":
+        if (self.sensitivity is None) == (self.specificity is None):
+            raise ValueError("set exactly one of sensitivity or specificity, e.g. {sensitivity: 0.95}")
+        return self
+
+
+class IntervalsConfig(StrictModel):
+    """Confidence intervals of every reported validation / test metric: a percentile bootstrap over cases
+    (images; stratified by class for classification), seeded; AUC also gets DeLong's interval
+    (DeLong et al. 1988, with the fast algorithm of Sun & Xu 2014)."""
+
+    n_resamples: int = Field(1000, ge=0, description="bootstrap resamples (0: no intervals; otherwise at least 100)")
+    confidence_level: float = Field(0.95, gt=0, lt=1, description="two-sided coverage of every interval")
+    seed: int = Field(0, description="seed of the bootstrap resampling")
+
+    @field_validator("n_resamples")
+    @classmethod
+    def _enough(cls, v: int) -> int:
+        if 0 < v < 100:
+            raise ValueError(f"{v} resamples give unstable interval ends; use 0 (no intervals) or at least 100")
+        return v
+
+
 class MetricsConfig(StrictModel):
     """Validation metrics. ``key_metric`` selects the best checkpoint (higher is better).
 
     Segmentation (default ``[dice, pixel_accuracy]``, key ``dice``): ``dice``: MONAI ``DiceMetric`` over the
-    foreground classes; ``pixel_accuracy``; ``v_rand`` and ``v_info``: the ISBI-2012 foreground-restricted Rand and
-    information-theoretic scores (Arganda-Carreras et al. 2015); ``hd95``: the 95th-percentile symmetric Hausdorff
+    foreground classes; ``pixel_accuracy``; ``v_rand`` and ``v_info``: the ISBI-2012 challenge scores as its
+    leaderboard ranks them (Arganda-Carreras et al. 2015): foreground-restricted Rand and information-theoretic scores
+    after thinning the predicted membranes, the best over the cell-probability thresholds 0.0, 0.1, ..., 0.9
+    (:func:`medpipe.metrics.isbi2012_scores`); ``v_rand_unthinned`` / ``v_info_unthinned``: the same scores of the
+    argmax mask, without thinning, at one threshold (what medpipe called ``v_rand`` / ``v_info`` until December 2026); ``hd95``: the 95th-percentile symmetric Hausdorff
     distance between predicted and true foreground boundaries (MONAI ``HausdorffDistanceMetric``, percentile 95,
     foreground classes, mean over images), in **pixels** (no spacing is applied); lower is better, so it cannot be
     ``key_metric``. An image whose prediction or ground truth is empty (but not both) scores the image diagonal
@@ -49,10 +85,24 @@ class MetricsConfig(StrictModel):
 
     names: Optional[List[Union[SegMetric, ClsMetric]]] = Field(None, description="default: by task (see above)")
     key_metric: Optional[Union[SegMetric, ClsMetric]] = Field(None, description="default: by task (see above)")
-    threshold: Union[Literal["youden"], Annotated[float, Field(gt=0, lt=1)]] = Field(
+    threshold: Union[Literal["youden"], Annotated[float, Field(gt=0, lt=1)], ThresholdTarget] = Field(
         0.5, description="classification, two classes: final operating threshold on P(class 1): a probability, "
-        "or youden = maximise sensitivity + specificity - 1 on the validation split (Youden 1950), then applied "
-        "unchanged to the test split. Per-epoch validation metrics always use 0.5")
+        "youden = maximise sensitivity + specificity - 1 on the validation split (Youden 1950), or a target "
+        "{sensitivity: 0.95} / {specificity: 0.9} met on the validation split; applied unchanged to the test split, "
+        "whose metrics are reported at 0.5 and at this point. Per-epoch validation metrics always use 0.5")
+    intervals: IntervalsConfig = Field(default_factory=IntervalsConfig)
+    calibration: Literal["none", "temperature"] = Field(
+        "none", description="classification: temperature = scale the logits by one temperature fitted on the "
+        "validation split (minimum negative log-likelihood, Guo et al. 2017), applied to test, exports and the "
+        "served model; expected calibration error and reliability diagrams are reported before and after")
+    calibration_bins: int = Field(15, ge=2, description="equal-width confidence bins of the expected calibration "
+                                  "error and the reliability diagram (Guo et al. 2017 use 15)")
+    ood: Literal["energy", "max_softmax", "none"] = Field(
+        "energy", description="classification: out-of-distribution score of every prediction: energy = "
+        "-logsumexp(logits) (Liu et al. 2020) or max_softmax = 1 - max probability (Hendrycks & Gimpel 2017); "
+        "higher = more unusual; its threshold is fitted on the validation split (see ood_coverage)")
+    ood_coverage: float = Field(0.95, gt=0, lt=1, description="fraction of validation cases whose OOD score is "
+                                "below the threshold (scored in distribution)")
 
     @field_validator("key_metric")
     @classmethod
@@ -75,6 +125,12 @@ class ReportConfig(StrictModel):
 
     anchor: Optional[str] = Field(None, description="published result to quote beside the measured test metrics")
     max_misclassified: int = Field(16, ge=0, description="misclassified examples shown in the plot grid")
+    explain: Literal["none", "gradcam", "gradcampp"] = Field(
+        "gradcam", description="classification: class-activation heatmaps of sample test images (MONAI GradCAM, "
+        "Selvaraju et al. 2017, or GradCAMpp, Chattopadhay et al. 2018) in plots/explain_test.png and MLflow")
+    explain_samples: int = Field(8, ge=0, description="test images in the explanation grid")
+    explain_layer: Optional[str] = Field(None, description="target layer of the heatmaps (a module name of the "
+                                         "network, e.g. features.denseblock4); default: the last convolutional block")
 
 
 class InferConfig(StrictModel):
@@ -84,7 +140,8 @@ class InferConfig(StrictModel):
     gaussian (``sigma_scale`` of the window size) or constant importance map.
     """
 
-    roi_size: List[int] = Field(..., min_length=2, max_length=3)
+    roi_size: Optional[List[int]] = Field(None, min_length=2, max_length=3, description="window size in pixels "
+                                          "(voxels); required for segmentation")
     sw_batch_size: int = Field(4, ge=1)
     overlap: float = Field(0.25, ge=0, lt=1)
     mode: Literal["gaussian", "constant"] = "gaussian"
@@ -93,3 +150,12 @@ class InferConfig(StrictModel):
     splits: List[Literal["val", "test"]] = ["val", "test"]
     output_format: Literal["png", "nifti"] = "png"
     save_probabilities: bool = Field(False, description="also save foreground probability maps (.npy float32)")
+    tta: bool = Field(False, description="test-time augmentation: average the softmax over mirrored copies along "
+                      "every combination of tta_axes (2^n passes; nnU-Net's mirroring), for segmentation and "
+                      "classification, in final evaluation, prediction, serving and export")
+    tta_axes: Optional[List[int]] = Field(None, description="spatial axes mirrored by tta (0-based: 0 = H, 1 = W, "
+                                          "2 = D); default all")
+    postprocess: Literal["none", "auto"] = Field(
+        "none", description="segmentation: auto = keep only the largest connected component, per class or of all "
+        "foreground together, where that raised the validation Dice (nnU-Net's rule); the choice is stored in the "
+        "run (postprocessing.json) and applied at prediction, serving and export")

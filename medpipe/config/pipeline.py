@@ -138,6 +138,8 @@ class PipelineConfig(StrictModel):
             return
         if self.infer is None:
             problems.append((("infer",), "required for task segmentation (sliding-window roi_size, overlap, ...)"))
+        elif self.infer.roi_size is None:
+            problems.append((("infer", "roi_size"), "required for task segmentation (the sliding-window size)"))
         elif len(self.infer.roi_size) != self.net.spatial_dims:
             problems.append((("infer", "roi_size"), f"has {len(self.infer.roi_size)} values but net.spatial_dims "
                              f"is {self.net.spatial_dims}"))
@@ -184,6 +186,9 @@ class PipelineConfig(StrictModel):
         if self.loss.name in ("dice", "dice_ce"):
             problems.append((("loss", "name"), f"{self.loss.name} is a segmentation loss; use cross_entropy "
                              "for classification"))
+        if self.infer is not None and self.infer.postprocess != "none":
+            problems.append((("infer", "postprocess"), "connected-component post-processing is for segmentation; "
+                             "a classifier's infer section takes tta and tta_axes only"))
         if self.train.freeze_backbone_epochs and not self.net.pretrained:
             problems.append((("train", "freeze_backbone_epochs"), "freezing the backbone only makes sense "
                              "with pretrained weights: set net.pretrained"))
