@@ -53,7 +53,8 @@ FORBIDDEN: Dict[str, Tuple[str, ...]] = {
 # config checks transform names against medpipe's own transforms: a leaf module that imports only MONAI
 ALLOWED_EDGES = {("medpipe.config.transforms", "medpipe.data.custom_transforms")}
 # command-line modules: imported by nothing
-COMMAND_LINE = ("medpipe.run", "medpipe.serve.__main__", "medpipe.config.__main__", "medpipe.patches")
+COMMAND_LINE = ("medpipe.run", "medpipe.evaluate", "medpipe.serve.__main__", "medpipe.config.__main__",
+                "medpipe.patches")
 # config and registry: no heavy import when the module is loaded
 LIGHT = ("medpipe.config", "medpipe.registry", "medpipe.paths", "medpipe.logs")
 

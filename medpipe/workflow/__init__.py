@@ -1,6 +1,7 @@
 """Task workflows: the run skeleton (:mod:`~medpipe.workflow.skeleton`), one object per task
 (:mod:`~medpipe.workflow.segmentation`, :mod:`~medpipe.workflow.classification`, :mod:`~medpipe.workflow.slides`),
-cross-validation (:mod:`~medpipe.workflow.cv`) and resuming (:mod:`~medpipe.workflow.resume`).
+cross-validation (:mod:`~medpipe.workflow.cv`), resuming (:mod:`~medpipe.workflow.resume`) and re-evaluating a
+trained run (:mod:`~medpipe.workflow.evaluate`).
 
 ``run_pipeline(cfg)`` is the library entry point; ``python -m medpipe.run`` is its command line.
 """
