@@ -49,12 +49,14 @@ FORBIDDEN: Dict[str, Tuple[str, ...]] = {
     "medpipe.export": ("medpipe.engine", "medpipe.workflow", "medpipe.serve"),
     "medpipe.bundle": ("medpipe.engine", "medpipe.workflow", "medpipe.serve", "medpipe.export"),
     "medpipe.bundle_docs": ("medpipe.engine", "medpipe.workflow", "medpipe.serve", "medpipe.export"),
+    "medpipe.compare": ("medpipe.data", "medpipe.nets", "medpipe.engine", "medpipe.inference", "medpipe.workflow",
+                        "medpipe.serve", "medpipe.export"),
 }
 # config checks transform names against medpipe's own transforms: a leaf module that imports only MONAI
 ALLOWED_EDGES = {("medpipe.config.transforms", "medpipe.data.custom_transforms")}
 # command-line modules: imported by nothing
-COMMAND_LINE = ("medpipe.run", "medpipe.evaluate", "medpipe.serve.__main__", "medpipe.config.__main__",
-                "medpipe.patches")
+COMMAND_LINE = ("medpipe.run", "medpipe.evaluate", "medpipe.compare", "medpipe.serve.__main__",
+                "medpipe.config.__main__", "medpipe.patches")
 # config and registry: no heavy import when the module is loaded
 LIGHT = ("medpipe.config", "medpipe.registry", "medpipe.paths", "medpipe.logs")
 

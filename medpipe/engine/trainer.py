@@ -29,9 +29,14 @@ from monai.handlers import (
     from_engine,
     stopping_fn_from_metric,
 )
-from monai.transforms import Activationsd, AsDiscreted, Compose
+from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
 
-from medpipe.engine.metric_handlers import build_cls_metric_handlers, build_seg_metric_handlers
+from medpipe.engine.metric_handlers import (
+    ISBI2012_METRICS,
+    PROB_KEY,
+    build_cls_metric_handlers,
+    build_seg_metric_handlers,
+)
 from medpipe.engine.optim import build_loss, build_optimizer, build_scheduler
 from medpipe.engine.resume import EpochReseed, History, RNGState, StateAttributes
 from medpipe.engine.transfer import attach_freeze_schedule
@@ -245,7 +250,9 @@ def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, han
                     prepare_batch=None) -> SupervisedEvaluator:
     """A ``SupervisedEvaluator`` computing the metrics of ``cfg.metrics`` into ``evaluator.state.metrics``.
 
-    Segmentation: sliding-window inference (``cfg.infer``), softmax, argmax, one-hot. Classification:
+    Segmentation: sliding-window inference (``cfg.infer``), softmax, argmax, one-hot; with the official ISBI-2012
+    ``v_rand`` / ``v_info`` among the metrics, the softmax is also kept under ``"prob"``
+    (:data:`medpipe.engine.metric_handlers.PROB_KEY`) for them. Classification:
     ``monai.inferers.SimpleInferer`` and softmax; the metrics (plus ``loss``, the validation cross-entropy) are
     computed over the whole split by :class:`medpipe.engine.metric_handlers.ClassificationMetric`.
 
@@ -269,8 +276,13 @@ def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, han
         inferer = SimpleInferer()
     else:
         num_classes = cfg.net.out_channels
+        # the official ISBI-2012 v_rand / v_info read the softmax cell probability, kept under PROB_KEY before
+        # the argmax; every other metric reads the one-hot "pred"
+        official = set(ISBI2012_METRICS) & set(cfg.metrics.names)
+        keep_prob = [CopyItemsd(keys="pred", names=PROB_KEY)] if official else []
         post = Compose([
             Activationsd(keys="pred", softmax=True),
+            *keep_prob,
             AsDiscreted(keys="pred", argmax=True, to_onehot=num_classes),
             AsDiscreted(keys="label", to_onehot=num_classes),
         ])

@@ -7,10 +7,12 @@ Plain numpy / scikit-image; every result is a Python ``float`` (or a dict of the
 Binary masks follow the ISBI-2012 EM membrane challenge convention: ``1`` = cell interior, ``0`` = membrane
 (boundary).
 
-**Variant.** ``v_rand`` / ``v_info`` here are the *foreground-restricted V-Rand / V-Info without border thinning,
-at one threshold*: the binary prediction is scored as given. The challenge leaderboard additionally thinned the
-predicted membranes to 1 pixel and took the best score over the thresholds 0.0, 0.1, ..., 0.9 of a membrane
-probability map; numbers from this module are therefore not leaderboard numbers.
+**Variant.** ``v_rand_unthinned`` / ``v_info_unthinned`` (and :func:`rand_and_info_scores`) here are the
+*foreground-restricted V-Rand / V-Info without border thinning, at one threshold*: the binary prediction is scored
+as given. The challenge leaderboard additionally thinned the predicted membranes to 1 pixel and took the best score
+over the thresholds 0.0, 0.1, ..., 0.9 of the **cell** probability map; that official protocol is
+:func:`medpipe.metrics.isbi2012.isbi2012_scores` (medpipe's ``v_rand`` / ``v_info`` metrics). Numbers from this
+module are not leaderboard numbers.
 
 References:
     - I. Arganda-Carreras, S. C. Turaga, D. R. Berger, et al., "Crowdsourcing the creation of image
@@ -40,8 +42,8 @@ __all__ = [
     "pixel_accuracy",
     "rand_and_info_scores",
     "segmentation_metrics",
-    "v_rand",
-    "v_info",
+    "v_rand_unthinned",
+    "v_info_unthinned",
 ]
 
 _PRED_BACKGROUND_MODES = ("singletons", "segment")
@@ -200,10 +202,11 @@ def rand_and_info_scores(
       both sides are one identical segment and ``V_Info = 1.0`` (the challenge code returns 0 there).
     - ``rand_error = 1 - V_Rand`` (the "adapted Rand error" of the challenge leaderboard).
 
-    **Variant.** Foreground-restricted, *no border thinning, one threshold*: the challenge thresholded a membrane
+    **Variant.** Foreground-restricted, *no border thinning, one threshold*: the challenge thresholded a cell
     probability map at 0.0, 0.1, ..., 0.9, thinned the predicted membranes to 1 pixel with a watershed, and
-    reported the best score over thresholds; here the binary prediction is scored as given, so the numbers are
-    not comparable with the leaderboard.
+    reported the best score over thresholds (:func:`medpipe.metrics.isbi2012.isbi2012_scores`); here the binary
+    prediction is scored as given, so the numbers are not comparable with the leaderboard (a prediction whose
+    membranes are one pixel thicker than the truth scores about 0.94 here and 0.999 officially).
 
     Args:
         pred_interior: predicted cell-interior mask, shape ``(H, W)``, bool or integer with values in
@@ -261,9 +264,10 @@ def segmentation_metrics(pred: Any, label: Any) -> dict[str, float]:
 
     Returns:
         dict of Python floats: ``dice`` (Dice of the interior class, :func:`dice_score` with
-        ``include_background=False``), ``pixel_accuracy``, ``v_rand`` and ``v_info`` (:func:`rand_and_info_scores`
-        with its challenge defaults: 4-connectivity, predicted membrane pixels inside ground-truth cells as
-        singletons; foreground-restricted, without border thinning, at one threshold).
+        ``include_background=False``), ``pixel_accuracy``, ``v_rand_unthinned`` and ``v_info_unthinned``
+        (:func:`rand_and_info_scores` with its challenge defaults: 4-connectivity, predicted membrane pixels inside
+        ground-truth cells as singletons; foreground-restricted, without border thinning, at one threshold; the
+        official scores need a probability map: :func:`medpipe.metrics.isbi2012.isbi2012_scores`).
 
     Raises:
         ValueError: the masks are not 2-D binary masks of the same shape.
@@ -275,12 +279,12 @@ def segmentation_metrics(pred: Any, label: Any) -> dict[str, float]:
     return {
         "dice": dice_score(p, lab, include_background=False, num_classes=2),
         "pixel_accuracy": pixel_accuracy(p, lab),
-        "v_rand": scores["v_rand"],
-        "v_info": scores["v_info"],
+        "v_rand_unthinned": scores["v_rand"],
+        "v_info_unthinned": scores["v_info"],
     }
 
 
-# one-entry memo: a validation loop asks for v_rand and then v_info of the same image; the connected-component
+# one-entry memo: a validation loop asks for v_rand_unthinned and then v_info_unthinned of the same image; the connected-component
 # labelling and the contingency table are then computed once.
 _last_pair: dict[str, Any] = {"pred": None, "label": None, "scores": None}
 
@@ -293,12 +297,14 @@ def _index_pair_scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     return _last_pair["scores"]  # type: ignore[return-value]
 
 
-def v_rand(pred: np.ndarray, label: np.ndarray) -> float:
+def v_rand_unthinned(pred: np.ndarray, label: np.ndarray) -> float:
     """Foreground-restricted V-Rand (no border thinning, one threshold) of one image of class indices.
 
     Every class ``> 0`` counts as cell interior, ``0`` as membrane (ISBI 2012, Arganda-Carreras et al. 2015); the
     score is ``rand_and_info_scores(pred > 0, label > 0)["v_rand"]`` with the challenge defaults. The last
-    image pair's scores are kept, so a following :func:`v_info` of the same arrays costs no second labelling.
+    image pair's scores are kept, so a following :func:`v_info_unthinned` of the same arrays costs no second
+    labelling. This is not the official (thinned, threshold-swept) score: see
+    :func:`medpipe.metrics.isbi2012.isbi2012_scores`.
 
     Args:
         pred: predicted class indices, shape ``(H, W)``, integer dtype.
@@ -313,10 +319,10 @@ def v_rand(pred: np.ndarray, label: np.ndarray) -> float:
     return _index_pair_scores(pred, label)["v_rand"]
 
 
-def v_info(pred: np.ndarray, label: np.ndarray) -> float:
+def v_info_unthinned(pred: np.ndarray, label: np.ndarray) -> float:
     """Foreground-restricted V-Info (no border thinning, one threshold) of one image of class indices.
 
-    As :func:`v_rand` (same conversion, same memo), returning
+    As :func:`v_rand_unthinned` (same conversion, same memo), returning
     ``rand_and_info_scores(pred > 0, label > 0)["v_info"]`` (Arganda-Carreras et al. 2015, ISBI 2012).
 
     Args:
