@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from medpipe.bundle_docs import METADATA_SCHEMA, SCHEMA_URL, license_text, readme_md
+from medpipe.bundle_docs import METADATA_SCHEMA, SCHEMA_URL, license_text, readme_md, reported_processing
 from medpipe.config import PipelineConfig
 from medpipe.runs import TrainedRun
 
@@ -131,10 +131,16 @@ def _image_ext(cfg: PipelineConfig) -> str:
     return ".png"
 
 
-def _postprocessing(cfg: PipelineConfig) -> List[Dict[str, Any]]:
-    """Softmax, the inverse of the spatial pre-processing, a copy of the probabilities (``prob``), argmax and the
-    mask writer (PNG 0/255 for two classes, class indices otherwise; NIfTI for 3D or ``output_format: nifti``)."""
+def _postprocessing(cfg: PipelineConfig, temperature: Optional[float] = None,
+                    postprocess: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """The logits divided by the run's ``temperature`` (``ScaleIntensityd``, factor ``1 / T - 1``: MONAI multiplies
+    by ``1 + factor``), softmax, the inverse of the spatial pre-processing, a copy of the probabilities (``prob``),
+    argmax, the run's post-processing (:func:`_keep_largest`) and the mask writer (PNG 0/255 for two classes, class
+    indices otherwise; NIfTI for 3D or ``output_format: nifti``)."""
     post: List[Dict[str, Any]] = [{"_target_": "monai.transforms.Activationsd", "keys": "pred", "softmax": True}]
+    if temperature:
+        post.insert(0, {"_target_": "monai.transforms.ScaleIntensityd", "keys": "pred", "minv": None, "maxv": None,
+                        "factor": 1.0 / float(temperature) - 1.0})
     if cfg.task == "classification":
         return post
     png = cfg.infer.output_format == "png" and cfg.net.spatial_dims == 2
@@ -143,6 +149,7 @@ def _postprocessing(cfg: PipelineConfig) -> List[Dict[str, Any]]:
               "orig_keys": "image", "nearest_interp": False, "to_tensor": True},
              {"_target_": "monai.transforms.CopyItemsd", "keys": "pred", "names": "prob"},
              {"_target_": "monai.transforms.AsDiscreted", "keys": "pred", "argmax": True},
+             *_keep_largest(postprocess),
              {"_target_": "monai.transforms.SaveImaged", "keys": "pred", "output_dir": "@output_dir",
               "output_postfix": "seg", "output_ext": ".png" if png else ".nii.gz", "resample": False,
               "output_dtype": "uint8", "scale": 255 if (png and two) else None,
@@ -152,6 +159,17 @@ def _postprocessing(cfg: PipelineConfig) -> List[Dict[str, Any]]:
         # the image was read as stored, (H, W); PILWriter swaps the two axes when writing, so swap them first
         post.insert(-1, {"_target_": "monai.transforms.Transposed", "keys": "pred", "indices": [0, 2, 1]})
     return post
+
+
+def _keep_largest(spec: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """MONAI transforms of a post-processing spec after the argmax: none yet. The spec of
+    :func:`medpipe.inference.postprocess.choose_postprocess` is recorded in ``metadata.json``
+    (``medpipe.reported.postprocess``) for the user to apply; mapping it to ``KeepLargestConnectedComponentd`` is
+    left to do, so the bundle's masks are the argmax before post-processing."""
+    if spec:
+        logger.warning("the run's post-processing %s is recorded in metadata.json but not applied by inference.json",
+                       spec)
+    return []
 
 
 def _handlers(cfg: PipelineConfig) -> List[Dict[str, Any]]:
@@ -168,13 +186,16 @@ def _handlers(cfg: PipelineConfig) -> List[Dict[str, Any]]:
     return handlers
 
 
-def inference_config(cfg: PipelineConfig) -> Dict[str, Any]:
+def inference_config(cfg: PipelineConfig, temperature: Optional[float] = None,
+                     postprocess: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The content of ``configs/inference.json``: a ``monai.bundle.ConfigWorkflow`` (``workflow_type="infer"``).
 
     The images are ``dataset_dir/*<ext>`` (override ``--dataset_dir DIR`` or ``--datalist "[...]"``); they go
     through the run's inference transforms, the network (sliding window of ``infer.roi_size`` for segmenters), a
     softmax, ``Invertd``, argmax, and ``SaveImaged`` into ``output_dir`` (``<bundle>/eval``), or for classifiers a
-    ``predictions.csv`` of class probabilities. Every ``_target_`` is a MONAI class.
+    ``predictions.csv`` of class probabilities. Every ``_target_`` is a MONAI class. A classifier's ``temperature``
+    divides the logits before the softmax; a segmenter's ``postprocess`` spec (``metrics.json`` ``postprocessing``)
+    becomes ``KeepLargestConnectedComponentd`` after the argmax.
 
     Raises:
         BundleError: from :func:`check_bundle_support`.
@@ -203,7 +224,8 @@ def inference_config(cfg: PipelineConfig) -> Dict[str, Any]:
         "dataloader": {"_target_": "monai.data.DataLoader", "dataset": "@dataset", "batch_size": 1,
                        "shuffle": False, "num_workers": 0},
         "inferer": inferer,
-        "postprocessing": {"_target_": "monai.transforms.Compose", "transforms": _postprocessing(cfg)},
+        "postprocessing": {"_target_": "monai.transforms.Compose",
+                           "transforms": _postprocessing(cfg, temperature, postprocess)},
         "handlers": _handlers(cfg),
         "evaluator": {"_target_": "monai.engines.SupervisedEvaluator", "device": "@device",
                       "val_data_loader": "@dataloader", "network": "@network", "inferer": "@inferer",
@@ -316,6 +338,8 @@ def bundle_metadata(trained: TrainedRun, verification: Optional[Dict[str, Any]] 
     seg = cfg.task == "segmentation"
     decision = ("argmax over the channels" if seg or trained.threshold is None else
                 f"class 1 ({names[1]}) when its probability >= {trained.threshold:.4f}, else class 0")
+    if trained.temperature:
+        decision = f"probabilities softmax(logits / {trained.temperature:.6g}); " + decision
     meta = {
         "schema": SCHEMA_URL, "version": "0.1.0",
         "changelog": {"0.1.0": f"exported by medpipe {_version('medpipe')} from run {trained.source}"},
@@ -351,7 +375,7 @@ def bundle_metadata(trained: TrainedRun, verification: Optional[Dict[str, Any]] 
                                  "channel_def": {str(i): n for i, n in enumerate(names)}}}},
         "medpipe": {"pipeline": cfg.name, "task": cfg.task, "net": net.name, "source": str(trained.source),
                     "run_id": trained.run_id, "classes": trained.classes, "threshold": trained.threshold,
-                    "data": data, "verification": verification or {}},
+                    "reported": reported_processing(trained), "data": data, "verification": verification or {}},
     }
     _plain({k_: v for k_, v in meta.items() if k_ != "schema"}, "metadata")
     return meta
@@ -390,7 +414,7 @@ def write_bundle_files(trained: TrainedRun, out_dir: Path, verification: Optiona
     import torch
 
     out_dir = Path(out_dir)
-    infer = inference_config(trained.cfg)
+    infer = inference_config(trained.cfg, trained.temperature, trained.postprocess)
     meta = write_docs(trained, out_dir, verification)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs" / "inference.json").write_text(json.dumps(infer, indent=2))

@@ -16,13 +16,14 @@ it). It is a reconstruction, not a byte copy of the published file, which cannot
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from medpipe.model_card import run_model_card
 from medpipe.runs import TrainedRun
 
-__all__ = ["SCHEMA_URL", "METADATA_SCHEMA", "readme_md", "license_text"]
+__all__ = ["SCHEMA_URL", "METADATA_SCHEMA", "reported_processing", "readme_md", "license_text"]
 
 #: the ``schema`` a bundle's metadata names: MONAI's published metadata schema (what ``verify_metadata`` downloads
 #: when not given a local file)
@@ -91,6 +92,37 @@ METADATA_SCHEMA: Dict[str, Any] = {
 }
 
 
+def reported_processing(trained: TrainedRun) -> Dict[str, Any]:
+    """What the run reported and the server applies after the network, for an export's user to apply the same:
+    test-time augmentation (``infer.tta``), and the temperature and OOD threshold of a classifier (``metrics.json``
+    ``calibration`` / ``ood``) or the post-processing spec of a segmenter (``metrics.json`` ``postprocessing``).
+
+    Returns:
+        JSON-serialisable ``{"tta": {...}, "temperature": T or None, "ood": {...} or None}`` (classifiers) or
+        ``{"tta": {...}, "postprocess": spec or None}`` (segmenters), each with how to apply it.
+    """
+    cfg = trained.cfg
+    seg = cfg.task == "segmentation"
+    out: Dict[str, Any] = {"tta": {
+        "enabled": trained.tta, "spatial_axes": cfg.infer.tta_axes if cfg.infer is not None else None,
+        "how": "mean of the softmax over the 2^n copies of the input mirrored along every combination of "
+               "spatial_axes (0 = first spatial axis; null = all)" + (", each output mirrored back before the mean"
+                                                                      if seg else "")
+               + " (medpipe.inference.tta.tta_softmax)"}}
+    if seg:
+        out["postprocess"] = trained.postprocess
+        out["postprocess_how"] = ("medpipe.inference.postprocess.apply_postprocess(mask, postprocess) on the argmax "
+                                  "mask (chosen on validation as nnU-Net does)" if trained.postprocess else "none")
+        return out
+    out["temperature"] = trained.temperature
+    out["temperature_how"] = ("probabilities = softmax(logits / temperature) (Guo et al. 2017; fitted on "
+                              "validation)" if trained.temperature else "none: probabilities = softmax(logits)")
+    out["ood"] = ({**trained.ood, "how": ("score of the raw logits (no temperature): energy = -logsumexp(logits), "
+                                          "max_softmax = 1 - max softmax(logits); out of distribution when score > "
+                                          "threshold")} if trained.ood else None)
+    return out
+
+
 def readme_md(trained: TrainedRun, meta: Dict[str, Any]) -> str:
     """``docs/README.md``: what the bundle is, how to run and check it, the verification, metrics and model card."""
     cfg = trained.cfg
@@ -117,6 +149,11 @@ def readme_md(trained: TrainedRun, meta: Dict[str, Any]) -> str:
                   f"difference| {v.get('max_abs_logit_diff')}; this bundle run through `monai.bundle` vs medpipe's "
                   f"own inference: max |probability difference| {v.get('bundle_max_abs_prob_diff')}, same decision: "
                   f"{v.get('bundle_same_decision')}.", ""]
+    lines += ["## What the server applies after the network", "", "```json",
+              json.dumps(meta["medpipe"].get("reported", {}), indent=1), "```", "",
+              "`configs/inference.json` applies the temperature (`ScaleIntensityd` by 1 / temperature before the "
+              "softmax); test-time augmentation and a segmenter's post-processing are not in it: apply them as "
+              "described above to reproduce the served answer.", ""]
     lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| `{m}` | {x:.4f} |" for m, x in meta["eval_metrics"].items()] + [""]
     text = run_model_card(trained.folder.path if trained.folder is not None else None, cfg, trained.metrics or {},

@@ -16,7 +16,9 @@ model with only a pickled file (logged before medpipe wrote ``extra_files/state_
   class name with their arguments (apply them in order to ``{"image": path}``; they load the file), the
   post-processing (softmax over dim 1; classes and the operating threshold for classifiers; sliding-window
   ``roi_size``, ``overlap``, ``mode``, ``sigma_scale``, ``sw_batch_size`` for segmenters, whose exported net
-  takes windows of exactly ``roi_size``), the run's metrics, and the verification below.
+  takes windows of exactly ``roi_size``), what the server applies after the network as the run reported it
+  (``reported``: the temperature, OOD threshold, TTA, post-processing spec;
+  :func:`medpipe.bundle_docs.reported_processing`), the run's metrics, and the verification below.
 
 ``--format bundle`` writes a MONAI bundle instead (:mod:`medpipe.bundle`: ``configs/metadata.json``,
 ``configs/inference.json`` of MONAI classes only, ``models/model.pt`` and ``model.ts``, ``docs/README.md`` with the
@@ -45,6 +47,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from medpipe.bundle_docs import reported_processing
 from medpipe.logs import configure_cli_logging
 from medpipe.model_card import MODEL_CARD_FILE, run_model_card
 from medpipe.runs import DEFAULT_TRACKING_URI, TrainedRun, load_trained
@@ -125,7 +128,9 @@ def _spec(art: TrainedRun, fmt: str, method: str, example_shape, model_file: str
     net = cfg.net
     post: Dict[str, Any] = {"activation": "softmax", "dim": 1}
     if cfg.task == "classification":
-        post.update({"classes": art.classes, "threshold": art.threshold,
+        post.update({"classes": art.classes, "threshold": art.threshold, "temperature": art.temperature,
+                     "ood": art.ood, "tta": art.tta,
+                     **({"activation": f"softmax(logits / {art.temperature:.8g})"} if art.temperature else {}),
                      "decision": (f"class 1 ({art.classes[1]}) if softmax[:, 1] >= threshold else class 0"
                                   if art.threshold is not None else "argmax over dim 1")})
         layout = f"(B, {net.in_channels}, H, W)" if net.spatial_dims == 2 else f"(B, {net.in_channels}, H, W, D)"
@@ -138,7 +143,8 @@ def _spec(art: TrainedRun, fmt: str, method: str, example_shape, model_file: str
                                         "padding_mode": inf.padding_mode,
                                         "implementation": "monai.inferers.SlidingWindowInferer"},
                      "invert_spatial_transforms": "monai.transforms.Invertd of the pre-processing, then argmax",
-                     "mask_png": "0/255 for two classes, else class indices"})
+                     "mask_png": "0/255 for two classes, else class indices", "tta": art.tta,
+                     "postprocess": art.postprocess})
         layout = "(B, %d, %s)" % (net.in_channels, ", ".join(str(r) for r in inf.roi_size))
         output = f"(B, {net.out_channels}, {', '.join(str(r) for r in inf.roi_size)}) float32 logits"
     return {
@@ -152,6 +158,7 @@ def _spec(art: TrainedRun, fmt: str, method: str, example_shape, model_file: str
         "preprocessing_note": "MONAI dictionary transforms applied in order to {'image': <file path>} "
                               "(the first one loads the file); the result's 'image' gets a batch axis",
         "postprocessing": post,
+        "reported": reported_processing(art),
         "metrics": (art.metrics or {}).get("final", {}),
     }
 
@@ -223,20 +230,22 @@ def _compare_bundle(trained: TrainedRun, bundle_dir: Path, image: str) -> Tuple[
         out = run_bundle(bundle_dir, [image], Path(tmp))[0]
         if cfg.task == "classification":
             x = torch.as_tensor(trained.transform({"image": image})["image"])[None].float()
-            with torch.no_grad():
-                ref = torch.softmax(trained.net(x.to(trained.device)).float(), 1)[0].cpu().numpy()
+            with torch.no_grad():  # the bundle divides by the run's temperature as the server does
+                logits = trained.net(x.to(trained.device)).float() / float(trained.temperature or 1.0)
+                ref = torch.softmax(logits, 1)[0].cpu().numpy()
             got = np.asarray(torch.as_tensor(out["pred"]).detach().cpu(), dtype=np.float32).reshape(ref.shape)
             same = bool(ref.argmax() == got.argmax()) if trained.threshold is None else \
                 bool((ref[1] >= trained.threshold) == (got[1] >= trained.threshold))
             return float(np.abs(ref - got).max()), same
         ref = predict_case(trained.net, {"image": image}, trained.transform, trained.inferer, trained.device)
+        mask = ref.argmax(0)  # before post-processing, which the bundle records but does not apply
         got = np.asarray(torch.as_tensor(out["prob"]).detach().cpu(), dtype=np.float32)
         masks = sorted(Path(tmp).glob("*_seg.*"))
         if not masks or got.shape != ref.shape:
             return float("inf"), False
         same = _read_mask(masks[0], ref.shape[1:])
-        same = same is not None and np.array_equal(same, mask_to_uint8(ref.argmax(0), cfg.net.out_channels)
-                                                   if masks[0].suffix == ".png" else ref.argmax(0))
+        same = same is not None and np.array_equal(same, mask_to_uint8(mask, cfg.net.out_channels)
+                                                   if masks[0].suffix == ".png" else mask)
         return float(np.abs(ref - got).max()), bool(same)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from medpipe.config import PipelineConfig
 from medpipe.data.cases import resolve_root
 
-__all__ = ["MODEL_CARD_FILE", "data_card", "model_card_md", "run_model_card", "write_model_card"]
+__all__ = ["MODEL_CARD_FILE", "data_card", "reported_lines", "model_card_md", "run_model_card", "write_model_card"]
 
 MODEL_CARD_FILE = "model_card.md"
 
@@ -108,6 +108,37 @@ def _data_lines(cfg: PipelineConfig, manifest: Optional[Dict[str, Any]]) -> List
     return lines + data_card(cfg)
 
 
+def _num(value: Any) -> str:
+    return _fmt(float(value)) if isinstance(value, (int, float)) else "n/a"
+
+
+def reported_lines(metrics: Dict[str, Any]) -> List[str]:
+    """Calibration, out-of-distribution and post-processing lines of ``metrics.json`` (``calibration``, ``ood``,
+    ``postprocessing``), each only when the run reported it; ``[]`` otherwise."""
+    lines = []
+    cal = metrics.get("calibration")
+    if isinstance(cal, dict) and cal.get("temperature") is not None:
+        lines.append(f"- Calibration: temperature scaling (Guo et al. 2017), T = {_num(cal['temperature'])} fitted "
+                     "on validation; served and exported probabilities are softmax(logits / T).")
+        for split in ("val", "test"):
+            got = cal.get(split) or {}
+            if got:
+                lines.append(f"  - {split}: expected calibration error {_num(got.get('ece_before'))} -> "
+                             f"{_num(got.get('ece_after'))}, negative log-likelihood {_num(got.get('nll_before'))} "
+                             f"-> {_num(got.get('nll_after'))} (before -> after).")
+    ood = metrics.get("ood")
+    if isinstance(ood, dict) and ood.get("threshold") is not None:
+        lines.append(f"- Out-of-distribution score: `{ood.get('score')}` of the logits; threshold "
+                     f"{_num(ood['threshold'])} (fitted so that {_num(ood.get('coverage'))} of the validation cases "
+                     "score below it); every served answer says whether an input is above it.")
+    post = metrics.get("postprocessing")
+    if isinstance(post, dict):
+        shown = {k: v for k, v in post.items() if not k.startswith("val_dice")}
+        lines.append(f"- Post-processing chosen on validation (nnU-Net's rule): `{shown}`; validation Dice "
+                     f"{_num(post.get('val_dice_before'))} -> {_num(post.get('val_dice_after'))}.")
+    return lines
+
+
 def model_card_md(cfg: PipelineConfig, metrics: Dict[str, Any], manifest: Optional[Dict[str, Any]] = None,
                   run_id: Optional[str] = None) -> str:
     """The text of ``model_card.md``.
@@ -131,7 +162,10 @@ def model_card_md(cfg: PipelineConfig, metrics: Dict[str, Any], manifest: Option
              f"- Research on {cfg.task} of images like those below: reproducing, comparing and extending the "
              "pipeline `" + cfg.name + "`.",
              "- Out of scope: clinical use; images of another modality, body part, site, scanner or population than "
-             "the training data; any use without re-validation on the target data.", "",
+             "the training data; any use without re-validation on the target data.",
+             *([f"- Trained for DICOM Modality {', '.join(cfg.data.modality or ['any'])}, Body Part Examined "
+                f"{', '.join(cfg.data.body_part or ['any'])}; the server refuses other DICOM uploads."]
+               if cfg.data.modality or cfg.data.body_part else []), "",
              "## Data", "", *_data_lines(cfg, manifest), "",
              "## Metrics", "",
              "Computed by the run on its validation split (`best_val_*`, the split that selected the checkpoint, so "
@@ -139,6 +173,12 @@ def model_card_md(cfg: PipelineConfig, metrics: Dict[str, Any], manifest: Option
              *_metric_rows(final), ""]
     if metrics.get("threshold") is not None:
         lines += [f"Operating threshold {metrics['threshold']:.4f} ({metrics.get('threshold_rule')}).", ""]
+    reported = reported_lines(metrics)
+    if reported:
+        lines += ["## Calibration, unusual inputs and post-processing", "", *reported, ""]
+    if cfg.infer is not None and cfg.infer.tta:
+        lines += ["Predictions average the softmax over mirrored copies of the input (test-time augmentation, axes "
+                  f"{cfg.infer.tta_axes or 'all'}).", ""]
     lines += ["## Training", "",
               f"- {int(final.get('epochs', cfg.train.max_epochs))} epochs (best {int(final.get('best_epoch', 0))} by "
               f"`{cfg.metrics.key_metric}`), batch size {cfg.train.batch_size}, optimizer `{cfg.optimizer.name}` "

@@ -327,6 +327,12 @@ class TrainedRun:
         manifest: the run's ``manifest.json``, or ``None``.
         classes: class names in index order (classifiers), else ``None``.
         threshold: operating threshold on P(class 1) of a two-class classifier, else ``None`` (argmax).
+        temperature: the classifier's logit temperature ``T`` (``metrics.json`` ``calibration.temperature``;
+            probabilities are ``softmax(logits / T)``, Guo et al. 2017), else ``None`` (plain softmax).
+        ood: ``metrics.json`` ``ood`` (``{"score": "energy"|"max_softmax", "threshold", "coverage"}``) of a
+            classifier, else ``None``.
+        postprocess: a segmenter's post-processing spec (``metrics.json`` ``postprocessing``, for
+            :func:`medpipe.inference.postprocess.apply_postprocess`), else ``None``.
     """
 
     cfg: PipelineConfig
@@ -341,6 +347,14 @@ class TrainedRun:
     manifest: Optional[Dict[str, Any]] = None
     classes: Optional[List[str]] = None
     threshold: Optional[float] = None
+    temperature: Optional[float] = None
+    ood: Optional[Dict[str, Any]] = None
+    postprocess: Optional[Dict[str, Any]] = None
+
+    @property
+    def tta(self) -> bool:
+        """Whether predictions average mirrored copies (``cfg.infer.tta``; axes ``cfg.infer.tta_axes``)."""
+        return bool(self.cfg.infer is not None and self.cfg.infer.tta)
 
 
 def _from_model_uri(source: str, tracking_uri: Optional[str], trust_pickle: bool):
@@ -409,6 +423,17 @@ def _classes_and_threshold(cfg: PipelineConfig, metrics: Dict, manifest: Optiona
     return list(classes), (float(thr) if thr is not None and cfg.net.num_classes == 2 else None)
 
 
+def _reported(cfg: PipelineConfig, metrics: Dict) -> Tuple[Optional[float], Optional[Dict], Optional[Dict]]:
+    """``(temperature, ood, postprocess)`` as the run reported them in ``metrics.json`` (``calibration``, ``ood``,
+    ``postprocessing``); ``None`` for each one absent or not of the run's task."""
+    if cfg.task != "classification":
+        post = metrics.get("postprocessing")
+        return None, None, (dict(post) if isinstance(post, dict) else None)
+    cal, ood = metrics.get("calibration") or {}, metrics.get("ood")
+    temp = cal.get("temperature") if isinstance(cal, dict) else None
+    return (float(temp) if temp is not None else None), (dict(ood) if isinstance(ood, dict) else None), None
+
+
 def load_trained(source: str, tracking_uri: Optional[str] = None, device: str = "cpu",
                  trust_pickle: bool = False) -> TrainedRun:
     """Load a trained pipeline: config, network with its best weights, inference transforms and inferer.
@@ -456,6 +481,7 @@ def load_trained(source: str, tracking_uri: Optional[str] = None, device: str = 
     else:
         folder, cfg, state, metrics, manifest, run_id = _from_folder(source, trust_pickle)
     classes, threshold = _classes_and_threshold(cfg, metrics, manifest, source)
+    temperature, ood, postprocess = _reported(cfg, metrics)
     net = build_net(cfg.net)
     try:
         net.load_state_dict(state)
@@ -466,4 +492,4 @@ def load_trained(source: str, tracking_uri: Optional[str] = None, device: str = 
     transform = build_transforms(cfg.infer_transforms(), "transforms.infer")
     inferer = build_inferer(cfg.infer) if cfg.task == "segmentation" else None
     return TrainedRun(cfg, net, transform, inferer, dev, source, folder, run_id, metrics, manifest, classes,
-                      threshold)
+                      threshold, temperature, ood, postprocess)

@@ -187,6 +187,23 @@ def test_cli_cross_validates_with_parent_and_child_runs(tmp_path, small_mias, ca
     table = (out / "cv_summary.md").read_text()
     assert "| **mean** |" in table and "| **std** |" in table and "test_balanced_accuracy" in table
 
+    # the fold models' ensemble on the held-out test split, beside the folds, with intervals
+    assert "| **ensemble** |" in table
+    doc = json.loads((out / "metrics.json").read_text())
+    ens = doc["ensemble"]
+    assert ens["n_models"] == 2 and ens["n_test"] == 5 and ens["members"] == ["fold_0", "fold_1"]
+    assert "out-of-fold" in ens["threshold_rule"] and summary["ensemble"]["n_models"] == 2
+    acc = doc["final"]["ensemble_test_accuracy"]
+    assert parent.data.metrics["ensemble_test_accuracy"] == pytest.approx(acc)
+    assert doc["final"]["ensemble_test_accuracy_ci_low"] <= acc <= doc["final"]["ensemble_test_accuracy_ci_high"]
+    # independent: the mean of the folds' own test probabilities (predictions/test.csv), argmax (3 classes)
+    names = MIAS["classes"]
+    fold_rows = [read_rows(out / f"fold_{k}" / "predictions" / "test.csv") for k in range(2)]
+    assert [r["image"] for r in fold_rows[0]] == [r["image"] for r in fold_rows[1]]
+    probs = np.mean([[[float(r[f"p_{c}"]) for c in names] for r in rows] for rows in fold_rows], axis=0)
+    labels = np.array([int(r["label"]) for r in fold_rows[0]])
+    assert acc == pytest.approx(float(np.mean(probs.argmax(1) == labels)))
+
 
 def test_crashing_fold_fails_child_and_parent(tmp_path, small_mias, monkeypatch):
     from medpipe import tracking
@@ -243,3 +260,56 @@ def test_segmentation_cross_validates_too(tmp_path, datasets):
     assert parents[0].info.run_id == result.run_id and [c.info.run_id for c in children] == [
         r.run_id for r in result.folds]
     assert fold_config(cfg, 1).data.split.fold == 1 and cfg.data.split.fold is None  # the copy, not the original
+
+
+def test_segmentation_ensemble_on_a_predefined_test_split(tmp_path, datasets):
+    """Two fold models of 4 real EM pairs predict 2 held-out test pairs together (mean of the softmax maps)."""
+    src = datasets / "isbi2012_em" / "train"
+    root = tmp_path / "em"
+    rows = []
+    for sub in ("image", "label"):
+        (root / sub).mkdir(parents=True)
+    for n in range(6):
+        for sub in ("image", "label"):
+            os.symlink(src / sub / f"{n}.png", root / sub / f"{n}.png")
+        rows.append({"image": f"image/{n}.png", "label": f"label/{n}.png", "split": "test" if n >= 4 else "train"})
+    with open(root / "list.csv", "w") as fh:
+        fh.write("image,label,split\n" + "".join(f"{r['image']},{r['label']},{r['split']}\n" for r in rows))
+    load = {"name": "LoadImaged", "keys": ["image", "label"], "reader": "PILReader", "reverse_indexing": False}
+    chan = {"name": "EnsureChannelFirstd", "keys": ["image", "label"], "channel_dim": "no_channel"}
+    scale = {"name": "ScaleIntensityRanged", "keys": ["image"], "a_min": 0, "a_max": 255, "b_min": 0.0,
+             "b_max": 1.0, "clip": True}
+    lab = {"name": "MapLabelValued", "keys": ["label"], "orig_labels": [0, 255], "target_labels": [0, 1]}
+    size = [{"name": "Resized", "keys": ["image"], "spatial_size": [64, 64], "mode": "area"},
+            {"name": "Resized", "keys": ["label"], "spatial_size": [64, 64], "mode": "nearest"}]
+    cfg = validate_config({
+        "name": "em_ens", "output_dir": str(tmp_path / "artifacts"),
+        "data": {"root": str(root), "list_file": "list.csv", "split_column": "split", "split": {"kfold": 2}},
+        "transforms": {"train": [load, chan, scale, lab, *size], "val": [load, chan, scale, lab, *size]},
+        "net": {"name": "basic_unet", "features": [4, 4, 4, 4, 4, 4]},
+        "train": {"max_epochs": 1, "batch_size": 2, "device": "cpu", "progress": False},
+        "metrics": {"names": ["dice", "pixel_accuracy"], "key_metric": "dice", "intervals": {"n_resamples": 100}},
+        "infer": {"roi_size": [64, 64], "splits": ["test"], "save_probabilities": True},
+        "tracking": {"enabled": False},
+    })
+    result = run_pipeline(cfg)
+    out = result.output_dir
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["ensemble"]["n_models"] == 2 and doc["ensemble"]["n_test"] == 2
+    per_case = read_rows(out / "ensemble" / "test_per_case.csv")
+    assert [Path(r["image"]).name for r in per_case] == ["4.png", "5.png"]
+    from PIL import Image
+
+    for r in per_case:  # independent: the mean of the folds' saved foreground probabilities, thresholded
+        stem = Path(r["image"]).stem
+        p1 = np.mean([np.load(out / f"fold_{k}" / "predictions" / "test" / f"{stem}_prob.npy") for k in (0, 1)], 0)
+        truth = np.asarray(Image.open(r["image"].replace("/image/", "/label/"))) > 127
+        pred = p1 > 0.5
+        assert p1.shape == (512, 512)
+        assert float(r["dice"]) == pytest.approx(2 * np.sum(pred & truth) / (pred.sum() + truth.sum()), abs=1e-4)
+        assert float(r["pixel_accuracy"]) == pytest.approx(np.mean(pred == truth), abs=1e-4)
+    assert result.metrics["ensemble_test_dice"] == pytest.approx(np.mean([float(r["dice"]) for r in per_case]))
+    assert "ensemble_test_dice_ci_low" in result.metrics
+    for k in (0, 1):  # every fold scored the labelled test split too, beside which the ensemble is reported
+        assert "test_dice" in result.folds[k].metrics
+    assert "| **ensemble** |" in (out / "cv_summary.md").read_text()

@@ -68,3 +68,24 @@ def test_export_fails_loudly_on_mismatch_and_bad_args(seg_run, cls_run, tmp_path
     assert "no real image" in capsys.readouterr().err
     assert main([str(tmp_path / "no_such_run"), "--format", "onnx"]) == 2
     assert "neither an MLflow model URI" in capsys.readouterr().err
+
+
+def test_export_records_what_the_run_reported(datasets, tmp_path):
+    """A run folder with calibration, OOD and TTA exports them in pipeline.json; a segmenter its post-processing."""
+    from tests.serve.test_reported import cls_cfg, make_run, seg_cfg
+
+    ood = {"score": "energy", "threshold": -1.5, "coverage": 0.95}
+    run = make_run(tmp_path / "cls", cls_cfg(datasets), infer={"tta": True, "tta_axes": [1]},
+                   metrics={"calibration": {"method": "temperature", "temperature": 1.8}, "ood": ood})
+    image = sorted((datasets / "kermany_pneumonia_cxr" / "test" / "NORMAL").glob("*.jpeg"))[0]
+    spec = export_model(str(run), "torchscript", tmp_path / "ts", image=str(image)).spec
+    post, rep = spec["postprocessing"], spec["reported"]
+    assert post["temperature"] == 1.8 and post["activation"] == "softmax(logits / 1.8)" and post["ood"] == ood
+    assert post["tta"] is True and rep["tta"]["enabled"] is True and rep["tta"]["spatial_axes"] == [1]
+    assert rep["temperature"] == 1.8 and rep["ood"]["threshold"] == -1.5
+    post_spec = {"per_class": {"1": True}, "val_dice_before": 0.7, "val_dice_after": 0.75}
+    seg = make_run(tmp_path / "seg", seg_cfg(datasets), metrics={"postprocessing": post_spec})
+    em = datasets / "isbi2012_em" / "train" / "image" / "0.png"
+    spec = export_model(str(seg), "torchscript", tmp_path / "seg_ts", image=str(em)).spec
+    assert spec["postprocessing"]["postprocess"] == post_spec and spec["reported"]["postprocess"] == post_spec
+    assert spec["reported"]["tta"]["enabled"] is False

@@ -22,7 +22,9 @@ def test_a_run_writes_its_model_card(tmp_path, small_em):
     card = (result.output_dir / "model_card.md").read_text()
     metrics = json.loads((result.output_dir / "metrics.json").read_text())["final"]
     assert "not a medical device" in card
-    assert f"| `best_val_dice` | {metrics['best_val_dice']:.4f} | not computed |" in card  # computed, not written
+    # computed, not written; one validation image: the bootstrap interval collapses onto the value
+    low, high = metrics["best_val_dice_ci_low"], metrics["best_val_dice_ci_high"]
+    assert f"| `best_val_dice` | {metrics['best_val_dice']:.4f} | {low:.4f} - {high:.4f} |" in card
     assert "- Cases: 3 train, 1 val, 2 test" in card
     assert "no PROVENANCE.md" in card  # a folder of symlinks: says the licence is not recorded
     assert result.run_id in card
@@ -49,3 +51,23 @@ def test_classifier_card_has_classes_threshold_and_intervals_when_present(datase
     assert "Classes: NORMAL, PNEUMONIA" in card and "Operating threshold 0.6200 (youden)" in card
     assert "CC BY 4.0" in card  # the Kermany data licence, from its PROVENANCE.md
     assert "[64, 64] pixels" in card and "MLflow run: `not tracked`" in card
+
+
+def test_card_lists_calibration_ood_and_postprocessing_when_present(datasets):
+    cfg = load_config(ROOT / "pipelines" / "pneumonia_xray.yaml", ["data.modality=[CR, DX]"])
+    metrics = {"final": {"test_accuracy": 0.8}, "threshold": 0.5, "threshold_rule": "fixed",
+               "calibration": {"method": "temperature", "temperature": 1.7,
+                               "val": {"ece_before": 0.12, "ece_after": 0.03, "nll_before": 0.5, "nll_after": 0.4},
+                               "test": {"ece_before": 0.15, "ece_after": 0.05, "nll_before": 0.6, "nll_after": 0.45}},
+               "ood": {"score": "energy", "threshold": -3.25, "coverage": 0.95}}
+    card = model_card_md(cfg, metrics)
+    assert "T = 1.7000 fitted on validation" in card
+    assert "- test: expected calibration error 0.1500 -> 0.0500" in card
+    assert "`energy` of the logits; threshold -3.2500" in card and "0.9500 of the validation cases" in card
+    assert "Trained for DICOM Modality CR, DX" in card
+    plain = model_card_md(cfg, {"final": {}})
+    assert "Calibration" not in plain and "Out-of-distribution" not in plain
+    seg = load_config(ROOT / "pipelines" / "em_unet.yaml")
+    card = model_card_md(seg, {"final": {}, "postprocessing": {"largest_component": [1], "val_dice_before": 0.8,
+                                                                "val_dice_after": 0.82}})
+    assert "Post-processing chosen on validation" in card and "0.8000 -> 0.8200" in card

@@ -158,4 +158,4 @@ class InferConfig(StrictModel):
     postprocess: Literal["none", "auto"] = Field(
         "none", description="segmentation: auto = keep only the largest connected component, per class or of all "
         "foreground together, where that raised the validation Dice (nnU-Net's rule); the choice is stored in the "
-        "run (postprocessing.json) and applied at prediction, serving and export")
+        "run (metrics.json postprocessing) and applied at prediction, serving and export")

@@ -1,8 +1,9 @@
 """Predict whole images with a trained network and write the masks.
 
-Each case goes through the pipeline's inference transforms, the sliding-window inferer, a softmax, MONAI's
-``Invertd`` (undoing invertible spatial transforms so the mask matches the original file's grid), and is
-written as a PNG (``0``/``255`` for two classes, class indices otherwise) or NIfTI mask. A case whose image is a
+Each case goes through the pipeline's inference transforms, the sliding-window inferer, a softmax (or, with
+test-time augmentation, the mean softmax over mirrored copies: :func:`medpipe.inference.tta.tta_softmax`), MONAI's
+``Invertd`` (undoing invertible spatial transforms so the mask matches the original file's grid), the argmax and
+the run's post-processing (:func:`medpipe.inference.postprocess.apply_postprocess`), and is written as a PNG (``0``/``255`` for two classes, class indices otherwise) or NIfTI mask. A case whose image is a
 single DICOM file also gets ``<stem>.seg.dcm``, a DICOM SEG referencing it (:mod:`medpipe.inference.dicom_seg`).
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from medpipe.inference.dicom_seg import is_dicom_file
+from medpipe.inference.postprocess import apply_postprocess
+from medpipe.inference.tta import tta_softmax
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +35,8 @@ def _stem(path: str) -> str:
 
 
 @torch.inference_mode()
-def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device, data: Optional[Dict] = None
-                 ) -> np.ndarray:
+def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device, data: Optional[Dict] = None,
+                 tta: bool = False, tta_axes: Optional[Sequence[int]] = None) -> np.ndarray:
     """Class probabilities for one case on its original pixel grid.
 
     Args:
@@ -43,6 +46,9 @@ def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device, d
         inferer: e.g. ``SlidingWindowInferer``.
         device: torch device.
         data: ``transform(case)`` when the caller has already computed it (e.g. to check the input shape).
+        tta: test-time augmentation: the mean softmax of ``inferer(x, net)`` over the mirrored copies of the input
+            along every combination of ``tta_axes`` (:func:`medpipe.inference.tta.tta_softmax`, nnU-Net's mirroring).
+        tta_axes: spatial axes mirrored (0 = first spatial axis); default all.
 
     Returns:
         ``(K, *spatial)`` float32 softmax probabilities on the original image's grid.
@@ -56,8 +62,12 @@ def predict_case(net: torch.nn.Module, case: Dict, transform, inferer, device, d
     net.eval()
     data = transform(dict(case)) if data is None else data
     image = data["image"]
-    logits = inferer(image[None].to(device), net)
-    prob = torch.softmax(logits.float(), dim=1)[0].cpu()
+    x = image[None].to(device)
+    if tta:
+        prob = tta_softmax(lambda t: inferer(t, net), x, tta_axes, flip_back=True)[0].cpu()
+    else:
+        prob = torch.softmax(inferer(x, net).float(), dim=1)[0].cpu()
+    prob = prob.as_tensor() if isinstance(prob, MetaTensor) else prob
     if isinstance(image, MetaTensor) and image.applied_operations:
         data["pred"] = MetaTensor(prob, meta=image.meta, applied_operations=list(image.applied_operations))
         data = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)(data)
@@ -145,10 +155,14 @@ class _DicomSegWriter:
 def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_dir: Path, num_classes: int,
                   output_format: str = "png", save_probabilities: bool = False, progress: bool = False,
                   class_names: Optional[Sequence[str]] = None, pipeline_name: str = "medpipe",
-                  run_id: Optional[str] = None) -> List[Dict]:
+                  run_id: Optional[str] = None, *, tta: bool = False, tta_axes: Optional[Sequence[int]] = None,
+                  postprocess: Optional[Dict[str, Any]] = None,
+                  probabilities: Optional[Sequence[np.ndarray]] = None,
+                  on_case: Optional[Callable[[Dict, np.ndarray, np.ndarray], Optional[Dict]]] = None) -> List[Dict]:
     """Predict every case and write ``<out_dir>/<stem>.png`` (or ``.nii.gz``).
 
-    With ``save_probabilities`` also ``<stem>_prob.npy``: float32 foreground probability ``(H, W)`` for two
+    The mask is the argmax of the probabilities, post-processed by ``postprocess`` when given. With
+    ``save_probabilities`` also ``<stem>_prob.npy``: float32 foreground probability ``(H, W)`` for two
     classes, else all class probabilities ``(K, H, W)``. A case whose image is a single DICOM file (a CT/MR slice,
     a CR/DX radiograph) also gets ``<stem>.seg.dcm``, a binary DICOM SEG with one segment per foreground class that
     references the image (:func:`medpipe.inference.dicom_seg.write_dicom_seg`); an image a SEG cannot reference
@@ -168,11 +182,24 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
         class_names: ``K`` class names for the DICOM SEG's segment labels (default ``class <k>``).
         pipeline_name: the pipeline's name (the DICOM SEG's algorithm and series description).
         run_id: the MLflow run id (the DICOM SEG's device serial number), or ``None``.
+        tta: average the softmax over mirrored copies (:func:`predict_case`).
+        tta_axes: spatial axes mirrored by ``tta``; default all.
+        postprocess: a spec of :func:`medpipe.inference.postprocess.choose_postprocess` applied to every mask, or
+            ``None``.
+        probabilities: ``(K, *spatial)`` probabilities already predicted for each case (same order), to write
+            without predicting again.
+        on_case: called as ``on_case(case, probabilities, mask)`` for every case (e.g. to score it); a dict it
+            returns is merged into the case's record.
 
     Returns:
         One record per case: ``{"image", "label" (if any), "mask", "probabilities" (if saved), "dicom_seg"
-        (DICOM inputs) or "dicom_seg_error" (a DICOM a SEG cannot reference)}``.
+        (DICOM inputs) or "dicom_seg_error" (a DICOM a SEG cannot reference)}`` and what ``on_case`` returned.
+
+    Raises:
+        ValueError: ``probabilities`` does not hold one array per case.
     """
+    if probabilities is not None and len(probabilities) != len(cases):
+        raise ValueError(f"probabilities: expected one array per case ({len(cases)}), got {len(probabilities)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = ".png" if output_format == "png" else ".nii.gz"
@@ -183,9 +210,12 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
 
         iterator = tqdm(cases, desc=f"predict {out_dir.name}", leave=False)
     seg_writer = _DicomSegWriter(transform, num_classes, class_names, pipeline_name, run_id)
-    for case in iterator:
-        prob = predict_case(net, case, transform, inferer, device)
+    for i, case in enumerate(iterator):
+        prob = (probabilities[i] if probabilities is not None
+                else predict_case(net, case, transform, inferer, device, tta=tta, tta_axes=tta_axes))
         mask = prob.argmax(0)
+        if postprocess:
+            mask = apply_postprocess(mask, postprocess)
         stem = _stem(case["image"])
         rec = {"image": case["image"], "mask": str(write_mask(mask, out_dir / f"{stem}{ext}", num_classes,
                                                               case["image"]))}
@@ -197,6 +227,8 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
             p = out_dir / f"{stem}_prob.npy"
             np.save(p, prob[1] if num_classes == 2 else prob)
             rec["probabilities"] = str(p)
+        if on_case is not None:
+            rec.update(on_case(case, prob, mask) or {})
         records.append(rec)
     logger.info("wrote %d masks to %s", len(records), out_dir)
     return records

@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax, logsumexp, softmax
 
 from medpipe.metrics.arrays import to_numpy
 
@@ -148,13 +148,15 @@ def fit_temperature(labels: Any, logits: Any) -> float:
     log-likelihood of ``softmax(logits / T)`` on (validation) cases.
 
     The NLL is minimised over ``log T`` in ``log(TEMPERATURE_BOUNDS)`` with ``scipy.optimize.minimize_scalar``
-    (``method="bounded"``, Brent's method); the objective is smooth and, in ``1 / T``, convex. A result at a bound
-    is logged (the logits separate the classes perfectly, or carry no information). ``T > 1`` softens
-    overconfident probabilities; the argmax, and so the accuracy, never changes.
+    (``method="bounded"``, Brent's method); for one set of logits the objective is smooth and, in ``1 / T``,
+    convex. A result at a bound is logged (the logits separate the classes perfectly, or carry no information).
+    ``T > 1`` softens overconfident probabilities; the argmax of one set of logits never changes.
 
     Args:
         labels: ``(N,)`` int true class indices in ``[0, C)``.
-        logits: ``(N, C)`` float logits of the same cases (log-probabilities give the same temperature).
+        logits: ``(N, C)`` float logits of the same cases (log-probabilities give the same temperature), or
+            ``(M, N, C)``: the logits of ``M`` views of each case (mirrored copies, ensemble members) whose
+            probabilities are averaged, ``mean_m softmax(logits_m / T)``, the NLL of that mean is minimised.
 
     Returns:
         The temperature as a Python float.
@@ -162,12 +164,19 @@ def fit_temperature(labels: Any, logits: Any) -> float:
     Raises:
         ValueError: bad shapes, non-finite logits or labels out of range.
     """
-    y, z = _labels_logits(labels, logits)
-    rows = np.arange(len(y))
+    z = to_numpy(logits).astype(np.float64)
+    views = z if z.ndim == 3 else z[None]
+    if views.ndim != 3:
+        raise ValueError(f"logits: expected (N, C) or (M, N, C) logits, got shape {tuple(z.shape)}")
+    y, _ = _labels_logits(labels, views[0])
+    if not np.all(np.isfinite(views)):
+        raise ValueError("logits: expected finite values, found NaN or infinity")
+    rows, m = np.arange(len(y)), views.shape[0]
     lo, hi = np.log(TEMPERATURE_BOUNDS)
 
     def nll(log_t: float) -> float:
-        return float(-log_softmax(z * np.exp(-log_t), axis=1)[rows, y].mean())
+        log_p = logsumexp(log_softmax(views * np.exp(-log_t), axis=2), axis=0) - np.log(m)
+        return float(-log_p[rows, y].mean())
 
     res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
     t = float(np.exp(res.x))

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow weights that exist only as a pickled MLflow model: unpickling runs code from the run "
                         "folder, so use it only for run folders you made yourself (default: tensors only)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="answer a DICOM whose Modality / Body Part Examined is not the training data's "
+                        "(data.modality / data.body_part), with warnings, instead of refusing it with 422")
     p.add_argument("--keep-uploads", default=None, metavar="DIR",
                    help="keep a copy of every upload in DIR (default: nothing is kept on disk)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -61,7 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: cannot load model {args.model!r}: {exc}", file=sys.stderr)
         return 2
     settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                             timeout_s=args.timeout_s, max_queue=args.max_queue)
+                             timeout_s=args.timeout_s, max_queue=args.max_queue,
+                             allow_mismatch=args.allow_mismatch)
     app = create_app(model, settings)
     print(f"serving {model.cfg.name} ({model.task}) on http://{args.host}:{args.port}/  (API docs: /docs)",
           file=sys.stderr)

@@ -3,13 +3,17 @@
 Endpoints:
 
 * ``POST /predict`` (multipart form, field ``file``; PNG, JPEG or DICOM; query ``preview=true`` adds the image as
-  a PNG for display) -> JSON prediction (see :meth:`ServedModel.predict`); for a segmenter and a DICOM upload,
+  a PNG for display, ``explain=true`` a classifier's Grad-CAM heatmap over it, ``explanation_png``) -> JSON prediction (see :meth:`ServedModel.predict`); for a segmenter and a DICOM upload,
   ``dicom_seg=true`` adds ``dicom_seg_b64`` (a DICOM SEG referencing the upload, base64) to the JSON and
   ``format=dicom-seg`` answers the DICOM SEG file itself (``application/dicom``); asked of another upload or model:
   422;
 * ``GET /health`` -> ``{"status": "ok", ...}``;
 * ``GET /model`` -> pipeline name, task, classes, the run's metrics and the input spec;
 * ``GET /`` -> the web page (``static/index.html``, plain HTML/CSS/JS); OpenAPI docs at ``/docs``.
+
+A DICOM upload whose Modality / Body Part Examined is not among the pipeline's ``data.modality`` / ``data.body_part``
+is refused with 422 (:mod:`medpipe.serve.checks`), or answered with ``warnings`` under
+``ServeSettings.allow_mismatch`` (``--allow-mismatch``).
 
 Bad input never stops the server: a wrong file type is answered 415, a file over ``max_upload_bytes`` or
 ``max_pixels`` 413, a corrupt file or one that does not fit the model (channels, dimensions, bit depth) 422, each
@@ -64,12 +68,16 @@ class ServeSettings:
             forward pass of the network; one forward pass is not interrupted.
         max_queue: requests that may wait while one is predicting (default 4); more at once: 503 with
             ``Retry-After``.
+        allow_mismatch: answer a DICOM upload whose Modality / Body Part Examined is not among the pipeline's
+            ``data.modality`` / ``data.body_part`` (with ``warnings`` in the answer) instead of refusing it with 422
+            (default ``False``; :mod:`medpipe.serve.checks`).
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: Optional[int] = None
     timeout_s: float = 30.0
     max_queue: int = 4
+    allow_mismatch: bool = False
 
 
 def _import_fastapi():
@@ -161,7 +169,8 @@ def create_app(model, settings: Optional[ServeSettings] = None):
     limits = {"max_upload_bytes": settings.max_upload_bytes,
               "max_pixels": settings.max_pixels or pixels,
               "max_pixels_rule": "--max-pixels" if settings.max_pixels else rule,
-              "timeout_s": settings.timeout_s, "max_queue": settings.max_queue}
+              "timeout_s": settings.timeout_s, "max_queue": settings.max_queue,
+              "allow_mismatch": settings.allow_mismatch}
     desc = model.describe()
     app = FastAPI(
         title=f"medpipe: {desc['pipeline']}",
@@ -212,13 +221,14 @@ def _add_predict_route(app, model, limits: Dict[str, Any], counts: Dict[str, int
     executor = ThreadPoolExecutor(max_workers=gate.capacity, thread_name_prefix="medpipe-predict")
     window = intensity_window(model.cfg)
 
-    def work(job: Deadline, data: bytes, preview: bool, dicom_seg: bool) -> Dict[str, Any]:
+    def work(job: Deadline, data: bytes, preview: bool, dicom_seg: bool, explain: bool) -> Dict[str, Any]:
         try:
             decoded = decode_upload(data, limits["max_pixels"])
             if dicom_seg:
                 model.check_dicom_seg(decoded)  # before the network runs
             check_intensity(decoded, window, model.cfg.name)
-            return model.predict(decoded, preview, deadline=job, dicom_seg=dicom_seg)
+            return model.predict(decoded, preview, deadline=job, dicom_seg=dicom_seg, explain=explain,
+                                 allow_mismatch=limits["allow_mismatch"])
         finally:
             gate.leave(job)  # the place is freed when the work has really stopped
 
@@ -228,7 +238,10 @@ def _add_predict_route(app, model, limits: Dict[str, Any], counts: Dict[str, int
                    "busy (with Retry-After) or over the time limit. DICOM SEG (segmenter, DICOM upload): "
                    "`dicom_seg=true` adds `dicom_seg_b64` (base64 of the SEG file) to the JSON; `format=dicom-seg` "
                    "answers the SEG file itself (`application/dicom`, `segmentation.seg.dcm`); for a PNG/JPEG upload "
-                   "or a classifier both are answered 422.")
+                   "or a classifier both are answered 422. Classifier: `explain=true` adds `explanation_png` (base64 "
+                   "PNG of the Grad-CAM heatmap over the upload, at its size; 422 for a segmenter). A DICOM whose "
+                   "Modality (0008,0060) or Body Part Examined (0018,0015) is not the training data's is answered "
+                   "422, or with `warnings` when the server runs with --allow-mismatch.")
 
     @app.post("/predict", summary="Predict one uploaded image", description=predict_doc,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -238,7 +251,9 @@ def _add_predict_route(app, model, limits: Dict[str, Any], counts: Dict[str, int
                       dicom_seg: bool = Query(False, description="add dicom_seg_b64: a DICOM SEG of the mask "
                                               "(segmenter, DICOM upload)"),
                       fmt: str = Query("json", alias="format", pattern="^(json|dicom-seg)$",
-                                       description="json (default) or dicom-seg: the DICOM SEG file itself")):
+                                       description="json (default) or dicom-seg: the DICOM SEG file itself"),
+                      explain: bool = Query(False, description="classifier: add explanation_png, the class-"
+                                            "activation heatmap over the upload")):
         """:meth:`ServedModel.predict` of the uploaded file (run in a worker thread)."""
         as_seg = fmt == "dicom-seg"
         job = gate.enter()
@@ -246,7 +261,7 @@ def _add_predict_route(app, model, limits: Dict[str, Any], counts: Dict[str, int
         try:
             data = await asyncio.wait_for(read_upload(request, limits["max_upload_bytes"]), job.remaining())
             future = asyncio.get_running_loop().run_in_executor(executor, work, job, data, preview,
-                                                                dicom_seg or as_seg)
+                                                                dicom_seg or as_seg, explain)
         except asyncio.TimeoutError:
             raise InputError(408, f"the upload was not received within the limit of {job.limit_s:g} s "
                              "(--timeout-s)") from None

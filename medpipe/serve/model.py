@@ -38,6 +38,7 @@ import numpy as np
 
 from medpipe.config import PipelineConfig
 from medpipe.runs import TrainedRun, is_model_uri, load_trained
+from medpipe.serve.checks import check_dicom_upload, dicom_expectations
 from medpipe.serve.images import DecodedImage, InputError, pillow_allows
 from medpipe.serve.limits import Deadline
 from medpipe.serve.previews import grey_to_rgb_png, png_b64, preview_png
@@ -128,11 +129,11 @@ class ServedModel:
         out: Dict[str, Any] = {
             "pipeline": cfg.name, "task": cfg.task, "source": public_source(run.source), "run_id": run.run_id,
             "net": cfg.net.name, "classes": run.classes, "metrics": metrics.get("final", {}),
-            "input": self.input_spec(),
+            "input": self.input_spec(), "tta": run.tta,
         }
         if cfg.task == "classification":
-            out["threshold"] = run.threshold
-            out["decision_rule"] = self._decision_rule()
+            out.update({"threshold": run.threshold, "decision_rule": self._decision_rule(),
+                        "temperature": run.temperature, "ood": run.ood})
             for split in ("test", "val"):
                 if isinstance(metrics.get(split), dict):
                     out.setdefault("evaluated_on", split)
@@ -141,6 +142,7 @@ class ServedModel:
             out["num_classes"] = cfg.net.out_channels
             out["sliding_window"] = {"roi_size": list(cfg.infer.roi_size), "overlap": cfg.infer.overlap,
                                      "sw_batch_size": cfg.infer.sw_batch_size, "mode": cfg.infer.mode}
+            out["postprocessing"] = run.postprocess
         return _without_paths(out)
 
     def input_spec(self) -> Dict[str, Any]:
@@ -152,25 +154,32 @@ class ServedModel:
             "tensor": f"(1, {net.in_channels}, H, W) float32" if net.spatial_dims == 2 else
                       f"(1, {net.in_channels}, H, W, D) float32",
             "transforms": [{"name": t.name, **_without_paths(t.kwargs)} for t in self.cfg.infer_transforms()],
+            "dicom_expected": dicom_expectations(self.cfg),
         }
 
     def _decision_rule(self) -> str:
         classes, thr = self.trained.classes or [], self.trained.threshold
+        temp = self.trained.temperature
+        how = (f"; P = softmax(logits / {temp:.6g}) (temperature fitted on validation)" if temp else "") + \
+            ("; mean over mirrored copies (TTA)" if self.trained.tta else "")
         if thr is not None and len(classes) == 2:
-            return f"{classes[1]} if P({classes[1]}) >= {thr:.6g}, else {classes[0]}"
-        return "the most probable class (argmax)"
+            return f"{classes[1]} if P({classes[1]}) >= {thr:.6g}, else {classes[0]}{how}"
+        return f"the most probable class (argmax){how}"
 
     # ---------------------------------------------------------------------------------------------- predict
-    def predict_file(self, path: str, deadline: Optional[Deadline] = None) -> Dict[str, Any]:
+    def predict_file(self, path: str, deadline: Optional[Deadline] = None, explain: bool = False) -> Dict[str, Any]:
         """Predict an image file through the pipeline's transforms.
 
         Args:
             path: a file the pipeline's ``LoadImaged`` reads (PNG/JPEG for the bundled pipelines).
             deadline: the request's time limit, checked before and after the transforms and before every forward
-                pass of the network (each sliding-window batch); ``None``: no limit.
+                pass of the network (each sliding-window batch, each mirrored copy, the explanation's); ``None``:
+                no limit.
+            explain: classifiers: add ``"heatmap"``, :func:`medpipe.serve.outputs.explanation_heatmap`.
 
         Returns:
-            Classifier: ``{"probabilities": (C,) float64 array, "label_index": int}``. Segmenter:
+            Classifier: :func:`medpipe.serve.outputs.classify` (``probabilities`` (C,) float64, ``label_index``,
+            ``logits``, ``ood`` when the run has a threshold). Segmenter:
             ``{"probabilities": (K, H, W) float32 array on the file's pixel grid, "mask": (H, W) int64}``.
 
         Raises:
@@ -194,33 +203,31 @@ class ServedModel:
                              f"(C={cfg.net.in_channels}, spatial...) after its transforms; this image gives shape "
                              f"{tuple(image.shape)} (e.g. a colour image for a grey-level model)")
         if deadline is None:
-            return self._run_net(path, data)
+            return self._run_net(path, data, explain)
         step = "between network windows" if cfg.task == "segmentation" else "before the network"
         hook = self.net.register_forward_pre_hook(lambda module, args: deadline.check(step))
         try:
-            return self._run_net(path, data)
+            return self._run_net(path, data, explain)
         finally:
             hook.remove()
 
-    def _run_net(self, path: str, data: Dict[str, Any]) -> Dict[str, Any]:
-        """The network part of :meth:`predict_file` on the transformed ``data``."""
+    def _run_net(self, path: str, data: Dict[str, Any], explain: bool = False) -> Dict[str, Any]:
+        """The network part of :meth:`predict_file` on the transformed ``data``
+        (:mod:`medpipe.serve.outputs`: temperature, TTA, OOD score, post-processing, explanation)."""
         import torch
 
-        cfg, image = self.cfg, data["image"]
-        if cfg.task == "segmentation":
-            from medpipe.inference.predict import predict_case
+        from medpipe.serve.outputs import classify, explanation_heatmap, segment
 
-            # the same function medpipe.run uses, given the transformed image it inverts the transforms of
-            prob = predict_case(self.net, {"image": path}, self.transform, self.inferer, self.device, data=data)
-            return {"probabilities": prob, "mask": prob.argmax(0)}
-        with torch.inference_mode():
-            logits = self.net(torch.as_tensor(image)[None].to(self.device))
-            probs = torch.softmax(logits.float(), dim=1)[0].cpu().double().numpy()
-        thr = self.trained.threshold
-        label = int(probs[1] >= thr) if thr is not None and probs.shape[0] == 2 else int(probs.argmax())
-        return {"probabilities": probs, "label_index": label}
+        if self.cfg.task == "segmentation":
+            return segment(self.trained, path, data)
+        x = torch.as_tensor(data["image"])[None].to(self.device)
+        out = classify(self.trained, x)
+        if explain:
+            out["heatmap"] = explanation_heatmap(self.trained, x, out["label_index"])
+        return out
 
-    def _predict_bytes(self, data: bytes, suffix: str, pixels: int, deadline: Optional[Deadline]) -> Dict[str, Any]:
+    def _predict_bytes(self, data: bytes, suffix: str, pixels: int, deadline: Optional[Deadline],
+                       explain: bool = False) -> Dict[str, Any]:
         """:meth:`predict_file` on ``data`` (``pixels`` pixels, already allowed by the server) written to a scratch
         file that is removed afterwards; one prediction at a time, waiting at most until ``deadline``."""
         fd, path = tempfile.mkstemp(suffix=suffix, prefix="medpipe-upload-", dir=scratch_dir())
@@ -236,32 +243,33 @@ class ServedModel:
                 raise err
             try:
                 with pillow_allows(pixels):
-                    return self.predict_file(path, deadline)
+                    return self.predict_file(path, deadline, explain)
             finally:
                 self._lock.release()
         finally:
             os.unlink(path)
 
-    def _predict_upload(self, decoded: DecodedImage, deadline: Optional[Deadline]):
+    def _predict_upload(self, decoded: DecodedImage, deadline: Optional[Deadline], explain: bool = False):
         """``(raw prediction, conversion note or None)``: a grey image that does not fit a pipeline written for
         colour files (e.g. ``EnsureChannelFirstd channel_dim: -1`` then ``ToGrayscaled``, for RGB JPEGs) is tried
         once more with three equal channels."""
         try:
-            return self._predict_bytes(decoded.data, decoded.suffix, decoded.pixels, deadline), None
+            return self._predict_bytes(decoded.data, decoded.suffix, decoded.pixels, deadline, explain), None
         except InputError as first:
             if first.status != 422 or decoded.mode not in _GREY_MODES:
                 raise
             try:
-                raw = self._predict_bytes(grey_to_rgb_png(decoded.data), ".png", decoded.pixels, deadline)
+                raw = self._predict_bytes(grey_to_rgb_png(decoded.data), ".png", decoded.pixels, deadline, explain)
             except InputError:
                 raise first from None
             return raw, "grey -> RGB with three equal channels (the pipeline reads colour images)"
 
     def _classification_body(self, raw: Dict[str, Any]) -> Dict[str, Any]:
-        classes = self.trained.classes
+        classes, run = self.trained.classes, self.trained
         return {"label": classes[raw["label_index"]], "label_index": raw["label_index"],
                 "probabilities": {c: float(p) for c, p in zip(classes, raw["probabilities"])},
-                "threshold": self.trained.threshold, "decision_rule": self._decision_rule()}
+                "threshold": run.threshold, "decision_rule": self._decision_rule(), "temperature": run.temperature,
+                "tta": run.tta, **{k: v for k, v in (raw.get("ood") or {}).items() if k != "ood_kind"}}
 
     def _segmentation_body(self, mask: np.ndarray, spacing) -> Dict[str, Any]:
         """Mask PNG and areas of a ``(H, W)`` int mask; ``spacing``: ``(row, column)`` mm per pixel or ``None``."""
@@ -277,6 +285,15 @@ class ServedModel:
                 "mask_encoding": "PNG, 0 = class 0, 255 = class 1" if k == 2 else "PNG, pixel = class index",
                 "area": {"foreground_pixels": fg, "foreground_fraction": fg / mask.size,
                          "foreground_mm2": fg * px_area if px_area else None, "per_class": per_class}}
+
+    def _explanation(self, heatmap: np.ndarray, decoded: DecodedImage) -> str:
+        """:func:`medpipe.serve.outputs.explanation_png` with the loader's layout (asked once, with a probe PNG)."""
+        from medpipe.inference.dicom_seg import loader_transposes, probe_png
+        from medpipe.serve.outputs import explanation_png
+
+        if "png" not in self._layout:
+            self._layout["png"] = loader_transposes(self.transform, probe_png, ".png")
+        return explanation_png(heatmap, decoded, self._layout["png"])
 
     def check_dicom_seg(self, decoded: DecodedImage) -> None:
         """Whether a DICOM SEG can be made of this upload's prediction, checked before predicting.
@@ -323,7 +340,7 @@ class ServedModel:
             raise InputError(422, str(exc)) from None
 
     def predict(self, decoded: DecodedImage, preview: bool = False, deadline: Optional[Deadline] = None,
-                dicom_seg: bool = False) -> Dict[str, Any]:
+                dicom_seg: bool = False, explain: bool = False, allow_mismatch: bool = False) -> Dict[str, Any]:
         """Predict a decoded upload; the JSON body of ``POST /predict``.
 
         The upload is written to a scratch file (``/dev/shm`` where available) for the pipeline's ``LoadImaged``
@@ -333,10 +350,14 @@ class ServedModel:
 
         Returns:
             Classifier: ``label``, ``label_index``, ``probabilities`` (class name -> probability), ``threshold``,
-            ``decision_rule``. Segmenter: ``mask_png`` (base64 PNG, ``0``/``255`` for two classes, else class
-            indices), ``area`` (foreground = every class but 0: ``pixels``, ``fraction``, ``mm2`` or ``None``
+            ``decision_rule``, ``temperature``, ``tta``, and ``ood_score``, ``ood_threshold``,
+            ``out_of_distribution`` when the run fitted an OOD threshold; ``explanation_png`` (base64 PNG of the
+            class-activation heatmap over the upload, at its size) when ``explain``. Segmenter: ``mask_png``
+            (base64 PNG, ``0``/``255`` for two classes, else class indices; post-processed by the run's spec),
+            ``tta``, ``postprocessing``, ``area`` (foreground = every class but 0: ``pixels``, ``fraction``, ``mm2`` or ``None``
             without pixel spacing, and per class). Both: ``input`` (format, size, spacing, DICOM facts),
-            ``pipeline``, ``task``, ``seconds``; ``preview_png`` (base64, the grey levels the model saw before
+            ``pipeline``, ``task``, ``seconds``, ``warnings`` (DICOM tags that do not fit the training data, answered
+            under ``allow_mismatch``; else ``[]``); ``preview_png`` (base64, the grey levels the model saw before
             scaling, at most 1024 px) when ``preview``; ``dicom_seg_b64`` (base64 of a DICOM SEG Part 10 file,
             :meth:`dicom_seg`) when ``dicom_seg``.
 
@@ -345,15 +366,24 @@ class ServedModel:
             preview: add ``preview_png``.
             deadline: the request's time limit (``None``: none); waiting for the prediction in progress counts.
             dicom_seg: add ``dicom_seg_b64`` (a segmenter and a DICOM upload only, checked before predicting).
+            explain: add ``explanation_png`` (classifiers only; its time counts against ``deadline``).
+            allow_mismatch: answer a DICOM whose modality or body part is not the training data's, with
+                ``warnings`` (:func:`medpipe.serve.checks.check_dicom_upload`), instead of refusing it.
 
         Raises:
             InputError: see :meth:`predict_file`; 503 when ``deadline`` passes while waiting or predicting; 422 when
-                ``dicom_seg`` is asked of a classifier or of an upload that is not a DICOM a SEG can reference.
+                ``dicom_seg`` is asked of a classifier or of an upload that is not a DICOM a SEG can reference, or
+                ``explain`` of a segmenter; 422 for a DICOM of another modality or body part (see
+                ``allow_mismatch``).
         """
         t0 = time.perf_counter()
+        warnings = check_dicom_upload(decoded, self.cfg, allow_mismatch)
+        if explain and self.task != "classification":
+            raise InputError(422, f"explanations (class-activation heatmaps) are made for classifiers; "
+                             f"{self.cfg.name!r} is a {self.task} model: leave out explain=true")
         if dicom_seg:
             self.check_dicom_seg(decoded)
-        raw, converted = self._predict_upload(decoded, deadline)
+        raw, converted = self._predict_upload(decoded, deadline, explain)
         cfg = self.cfg
         spacing = decoded.pixel_spacing_mm
         out: Dict[str, Any] = {
@@ -365,12 +395,16 @@ class ServedModel:
         }
         if cfg.task == "classification":
             out.update(self._classification_body(raw))
+            if explain:
+                out["explanation_png"] = self._explanation(raw["heatmap"], decoded)
         else:
             out.update(self._segmentation_body(raw["mask"], spacing))
+            out.update({"tta": self.trained.tta, "postprocessing": self.trained.postprocess})
             if dicom_seg:
                 out["dicom_seg_b64"] = base64.b64encode(self.dicom_seg(raw["mask"], decoded)).decode("ascii")
         if preview:
             out["preview_png"] = preview_png(decoded)
+        out["warnings"] = warnings
         out["seconds"] = round(time.perf_counter() - t0, 4)
         return out
 

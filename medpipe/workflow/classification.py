@@ -7,16 +7,14 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional
 
-import numpy as np
-
 from medpipe.data.cases import DataError
 from medpipe.data.discovery import discover_classification_cases
 from medpipe.data.loaders import balanced_class_weights, build_loader, inverse_frequency_weights
 from medpipe.data.splits import split_classification_cases
-from medpipe.engine.evaluation import evaluate_classifier, predict_classifier
-from medpipe.metrics import flat_classification_metrics
+from medpipe.engine.evaluation import SplitPredictions, evaluate_classifier, predict_classifier
 from medpipe.workflow.data import Discovered, PreparedData
-from medpipe.workflow.plots import plot_confusion, plot_learning_curves, plot_misclassified, plot_roc
+from medpipe.workflow.plots import (plot_confusion, plot_learning_curves, plot_misclassified, plot_reliability,
+                                   plot_roc)
 from medpipe.workflow.report import classification_report_md, write_predictions_csv
 from medpipe.workflow.tasks import Outcome, RunState, Task, best_epoch
 
@@ -28,10 +26,14 @@ __all__ = ["ClassificationTask"]
 class ClassificationTask(Task):
     """Classification (``task: classification``): cases ``{"image": path, "label": class index[, "group"]}``.
 
-    Finishing (:meth:`finish`): class probabilities of the best checkpoint on validation and test; the operating
-    threshold (``metrics.threshold``: 0.5, a number, or Youden's J chosen on validation) applied unchanged to
-    test; metrics ``best_val_<m>`` and ``test_<m>``; ``predictions/<split>.csv``; plots (learning curves, ROC,
-    confusion matrices, misclassified images); ``report.md``.
+    Finishing (:meth:`finish`): class probabilities and logits of the best checkpoint on validation and test (the
+    mean over mirrored copies with ``infer.tta``); temperature scaling fitted on validation
+    (``metrics.calibration``); the operating threshold (``metrics.threshold``: 0.5, a number, Youden's J or a
+    sensitivity / specificity target, chosen on validation) applied unchanged to test; metrics ``best_val_<m>``,
+    ``test_<m>`` and ``test_at050_<m>`` (two classes, at 0.5) with 95 % intervals (``metrics.intervals``); ECE and
+    the OOD score (``metrics.ood``); ``predictions/<split>.csv``; plots (learning curves, ROC, reliability,
+    confusion matrices, misclassified images, Grad-CAM grid); ``report.md``. See
+    :func:`medpipe.engine.evaluation.evaluate_classifier`.
     """
 
     name = "classification"
@@ -78,39 +80,90 @@ class ClassificationTask(Task):
         return inverse_frequency_weights(cases, len(data.classes or []))
 
     def finish(self, state: RunState) -> Outcome:
-        """Evaluate the best checkpoint on val (threshold chosen there) and test; predictions, plots, report."""
+        """Evaluate the best checkpoint on val (temperature and threshold chosen there) and test; predictions,
+        plots (reliability diagram, Grad-CAM grid), report."""
         cfg, engines, data = self.cfg, state.engines, state.data
-        amp = bool(cfg.train.amp and engines.device.type == "cuda")
-        splits = {"val": predict_classifier(engines.net, state.val_loader, engines.device, amp)}
-        if data.test:
-            splits["test"] = predict_classifier(engines.net, state.eval_loader(data.test, "test"), engines.device,
-                                                amp)
-        ev = evaluate_classifier(splits, data.classes, cfg.metrics.threshold)
-        final: Dict[str, float] = {}
-        for name in splits:
-            final.update(flat_classification_metrics(ev[name], "best_val_" if name == "val" else "test_"))
+        splits = self._predict(state)
+        m = cfg.metrics
+        ev = evaluate_classifier(splits, data.classes, m.threshold, calibration=m.calibration,
+                                 calibration_bins=m.calibration_bins, intervals=m.intervals, ood=m.ood,
+                                 ood_coverage=m.ood_coverage)
+        final: Dict[str, float] = dict(ev["final"])
         final["best_epoch"] = float(best_epoch(state.tracker.history, cfg.metrics.key_metric))
         final["epochs"] = float(engines.trainer.state.epoch)
         final["train_seconds"] = state.train_seconds
         self._write_predictions(state, splits, ev)
+        ev["explain_png"] = self._explain(state, splits, ev)
+        iv = m.intervals
         sections = {"classes": data.classes, "threshold": ev["threshold"], "threshold_rule": ev["threshold_rule"],
-                    "key_metric": cfg.metrics.key_metric, **{n: ev[n] for n in splits}}
+                    "key_metric": cfg.metrics.key_metric, **{n: ev[n] for n in splits}, "at_050": ev["at_050"],
+                    "calibration": ev["calibration"],
+                    "intervals": {"n_resamples": iv.n_resamples, "confidence_level": iv.confidence_level,
+                                  "seed": iv.seed, "method": "percentile bootstrap over cases, stratified by class; "
+                                  "AUC also DeLong"}}
+        if ev["ood"]:
+            sections["ood"] = ev["ood"]
         report = classification_report_md(cfg, data, ev, final, state.tracker.run_id)
         return Outcome(final, sections, report, artifacts=["report.md", "plots", "predictions"])
+
+    def _predict(self, state: RunState) -> Dict[str, SplitPredictions]:
+        """Predictions of the best checkpoint on val and (when there is one) test; mirrored copies averaged when
+        ``infer.tta``."""
+        cfg, engines, data = self.cfg, state.engines, state.data
+        amp = bool(cfg.train.amp and engines.device.type == "cuda")
+        tta = bool(cfg.infer is not None and cfg.infer.tta)
+        kw = dict(amp=amp, tta=tta, tta_axes=cfg.infer.tta_axes if tta else None)
+        splits = {"val": predict_classifier(engines.net, state.val_loader, engines.device, **kw)}
+        if data.test:
+            splits["test"] = predict_classifier(engines.net, state.eval_loader(data.test, "test"), engines.device,
+                                                **kw)
+        return splits
 
     def _write_predictions(self, state: RunState, splits: Dict, ev: Dict) -> None:
         """``predictions/<split>.csv`` and the plots of every split."""
         cfg, classes = self.cfg, state.data.classes
         pred_dir, plots = state.folder.predictions_dir, state.folder.plots_dir
         pred_dir.mkdir(parents=True, exist_ok=True)
-        thr = ev["threshold"]
+        thr, ood = ev["threshold"], ev["ood"]
         for name, sp in splits.items():
-            preds = (sp.probs[:, 1] >= thr).astype(np.int64) if thr is not None else sp.probs.argmax(1)
-            write_predictions_csv(pred_dir / f"{name}.csv", sp, preds, classes)
+            probs, preds = ev["probs"][name], ev["preds"][name]
+            flags = None if not ood else (ood["score"], ev["ood_scores"][name], ood["threshold"])
+            write_predictions_csv(pred_dir / f"{name}.csv", sp, preds, classes, probs=probs, ood=flags)
             plot_confusion(ev[name]["confusion_matrix"], classes, plots / f"confusion_{name}.png",
                            title=f"{cfg.name}: {name} (n={len(sp.labels)})")
-            plot_misclassified(sp.images, sp.labels, preds, sp.probs, classes, plots / f"misclassified_{name}.png",
+            plot_misclassified(sp.images, sp.labels, preds, probs, classes, plots / f"misclassified_{name}.png",
                                cfg.report.max_misclassified, title=f"misclassified, {name}")
         plot_learning_curves(state.tracker.history, plots / "learning_curves.png", cfg.metrics.key_metric, cfg.name)
-        plot_roc({n: (sp.labels, sp.probs) for n, sp in splits.items()}, classes, plots / "roc.png",
+        plot_roc({n: (sp.labels, ev["probs"][n]) for n, sp in splits.items()}, classes, plots / "roc.png",
                  {n: thr for n in splits})
+        calibrated = ev["calibration"]["method"] == "temperature"
+        curves = {n: {("before" if calibrated else "softmax"): (sp.labels, sp.probs),
+                      **({"after temperature scaling": (sp.labels, ev["probs"][n])} if calibrated else {})}
+                  for n, sp in splits.items()}
+        plot_reliability(curves, plots / "reliability.png", ev["calibration"]["n_bins"], title=cfg.name)
+
+    def _explain(self, state: RunState, splits: Dict, ev: Dict) -> Optional[str]:
+        """``plots/explain_test.png`` (or ``explain_val.png`` without a test split): class-activation heatmaps of
+        ``report.explain_samples`` images (``report.explain``); a failure is logged, not fatal.
+
+        Returns:
+            The PNG path relative to the run folder, or ``None`` (off, or failed).
+        """
+        cfg = self.cfg
+        if cfg.report.explain == "none" or cfg.report.explain_samples == 0:
+            return None
+        name = "test" if "test" in splits else "val"
+        sp, rel = splits[name], f"plots/explain_{name}.png"
+        try:
+            from medpipe.workflow.explain_plots import plot_explanations
+
+            plot_explanations(state.engines.net, sp.images, sp.labels, ev["probs"][name], state.data.classes,
+                              state.folder.path / rel, kind=cfg.report.explain, layer=cfg.report.explain_layer,
+                              transform=state.val_transform, device=state.engines.device,
+                              max_images=cfg.report.explain_samples, title=f"{cfg.name}: {name}",
+                              preds=ev["preds"][name])
+        except Exception as exc:  # an explanation must never cost the run its evaluation
+            logger.warning("report.explain: the %s heatmaps of the %s split failed (%s: %s); the run goes on "
+                           "without plots/explain_%s.png", cfg.report.explain, name, type(exc).__name__, exc, name)
+            return None
+        return rel

@@ -14,7 +14,11 @@ With ``data.split.kfold: K`` and no ``data.split.fold``, ``python -m medpipe.run
    and ``cv_summary.json`` / ``cv_summary.md`` (a table, one row per fold, then mean and standard deviation);
 4. each fold k is a normal pipeline run (:func:`medpipe.workflow.skeleton.run_single` with ``data.split.fold = k``) in
    ``<parent dir>/fold_<k>/``, tracked as a **child run** (``mlflow.start_run(nested=True)``, tag ``fold``,
-   name ``<name>-fold<k>``); each fold's best model is evaluated on the same held-out test split.
+   name ``<name>-fold<k>``); each fold's best model is evaluated on the same held-out test split;
+5. with a held-out test split, the fold models' **ensemble** (mean of their class probabilities or softmax maps,
+   :mod:`medpipe.workflow.ensemble`) predicts it: ``ensemble_test_<metric>`` with its interval beside the folds'
+   in ``cv_summary.md`` / ``cv_summary.json``, in the parent's ``metrics.json`` (``final`` and the ``ensemble``
+   section) and in the parent MLflow run.
 
 A fold that crashes ends its child run and the parent run as ``FAILED`` (the parent keeps the summary of the folds
 completed before, and the tag ``cv.failed_fold``); the exception is re-raised and later folds are not run.
@@ -38,6 +42,8 @@ from medpipe.data.splits import cross_validation_folds
 from medpipe.runs import RunFolder
 from medpipe.tracking import Tracker, env_summary, git_commit, library_versions
 from medpipe.workflow.data import Discovered
+from medpipe.workflow.ensemble import PREFIX as ENSEMBLE_PREFIX
+from medpipe.workflow.ensemble import ensemble_test
 from medpipe.workflow.result import RunResult
 from medpipe.workflow.skeleton import run_single, task_for
 
@@ -102,14 +108,16 @@ def _table_columns(cfg: PipelineConfig, has_test: bool, metrics: Sequence[str]) 
 
 
 def _write_summary(cfg: PipelineConfig, out_dir: Path, folds: List[Tuple[int, RunResult, Dict]], flat: Dict,
-                   summary: Dict, n_test: int, failed_fold: Optional[int]) -> List[Path]:
-    """``cv_summary.json`` (everything) and ``cv_summary.md`` (a table: folds, mean, standard deviation)."""
+                   summary: Dict, n_test: int, failed_fold: Optional[int],
+                   ensemble: Optional[Dict] = None) -> List[Path]:
+    """``cv_summary.json`` (everything) and ``cv_summary.md`` (a table: folds, mean, standard deviation and the
+    ensemble of the fold models on the test split)."""
     k = cfg.data.split.kfold
     doc = {"pipeline": cfg.name, "kfold": k, "seed": cfg.data.split.seed, "n_test": n_test,
            "std": "sample standard deviation over folds (ddof=1)", "failed_fold": failed_fold,
            "folds": [{"fold": i, "run_id": r.run_id, "output_dir": str(r.output_dir), **sizes, "metrics": r.metrics}
                      for i, r, sizes in folds],
-           "summary": summary, "metrics": flat}
+           "summary": summary, "metrics": flat, "ensemble": ensemble or None}
     (out_dir / "cv_summary.json").write_text(json.dumps(doc, indent=1))
     metric_names = [m for _, r, _ in folds for m in r.metrics]
     cols = _table_columns(cfg, n_test > 0, metric_names)
@@ -131,9 +139,47 @@ def _write_summary(cfg: PipelineConfig, out_dir: Path, folds: List[Tuple[int, Ru
                      + " | ".join(fmt(r.metrics.get(c)) for c in cols) + f" | `{r.run_id or '-'}` |")
     for stat in ("mean", "std"):
         lines.append(f"| **{stat}** | | | " + " | ".join(fmt(summary.get(c, {}).get(stat)) for c in cols) + " | |")
+    if ensemble:
+        lines.append(_ensemble_row(cols, flat))
+        lines += ["", f"Ensemble: {ensemble.get('combination')} of the {ensemble.get('n_models')} fold models on "
+                  f"the {ensemble.get('n_test')} test cases; 95 % bootstrap intervals in parentheses."]
     lines.append("")
     (out_dir / "cv_summary.md").write_text("\n".join(lines))
     return [out_dir / "cv_summary.json", out_dir / "cv_summary.md"]
+
+
+def _ensemble_row(cols: Sequence[str], flat: Dict) -> str:
+    """The table row of the ensemble: its value of each ``test_<metric>`` column with its interval."""
+    from medpipe.metrics.intervals import format_with_interval
+
+    cells = []
+    for c in cols:
+        key = ENSEMBLE_PREFIX + c[len("test_"):] if c.startswith("test_") else None
+        v = flat.get(key) if key else None
+        if v is None or not math.isfinite(v):
+            cells.append("n/a" if key else "")
+        elif f"{key}_ci_low" in flat:
+            cells.append(format_with_interval(v, flat[f"{key}_ci_low"], flat[f"{key}_ci_high"]))
+        else:
+            cells.append(f"{v:.4f}")
+    return "| **ensemble** | | | " + " | ".join(cells) + " | |"
+
+
+def _run_ensemble(cfg: PipelineConfig, done: List[Tuple[int, RunResult, Dict]], fold_data, test, out_dir: Path,
+                  tracker: Tracker) -> Tuple[Dict[str, float], Dict]:
+    """The fold models' ensemble on the test split (:func:`medpipe.workflow.ensemble.ensemble_test`), logged to
+    the parent run; a failure is logged (tag ``cv.ensemble_error``) and leaves the folds' summary intact."""
+    if not test:
+        return {}, {}
+    try:
+        flat, section = ensemble_test(cfg, [r.output_dir for _, r, _ in done], [d.val for d in fold_data], test,
+                                      out_dir)
+    except Exception as exc:  # the folds' results must survive a failing ensemble
+        logger.exception("cross-validation %s: the ensemble of the fold models failed", cfg.name)
+        tracker.set_tags({"cv.ensemble_error": f"{type(exc).__name__}: {exc}"[:500]})
+        return {}, {"error": f"{type(exc).__name__}: {exc}"}
+    tracker.log_metrics(flat)
+    return flat, section
 
 
 def _prepare_folds(cfg: PipelineConfig, parent_cfg: PipelineConfig, out_dir: Path):
@@ -185,7 +231,8 @@ def run_cross_validation(cfg: PipelineConfig) -> RunResult:
 
     Returns:
         :class:`~medpipe.workflow.result.RunResult` of the parent run: ``metrics`` the summary
-        ``{"cv_mean_<metric>", "cv_std_<metric>", "cv_total_seconds"}``, ``folds`` the folds' results in fold
+        ``{"cv_mean_<metric>", "cv_std_<metric>", "cv_total_seconds"}`` and, with a test split, the fold models'
+        ensemble ``ensemble_test_<metric>`` (with ``_ci_low`` / ``_ci_high``), ``folds`` the folds' results in fold
         order (each with its child ``run_id``), ``summary`` ``{metric: {"mean", "std", "n"}}``, ``kfold`` K and
         ``model_uri`` ``None`` (each fold logs its own model).
 
@@ -239,9 +286,16 @@ def run_cross_validation(cfg: PipelineConfig) -> RunResult:
                 tracker.log_artifact(path)
             raise
         flat, summary = summarize_folds([r.metrics for _, r, _ in done])
+        ens_flat, ensemble = _run_ensemble(cfg, done, fold_data, test, out_dir, tracker)
+        flat.update(ens_flat)
         flat["cv_total_seconds"] = time.time() - t0
         tracker.log_metrics(flat)
-        for path in _write_summary(cfg, out_dir, done, flat, summary, len(test), None):
+        folder = RunFolder(out_dir)
+        folder.write_metrics({"final": flat, **({"ensemble": ensemble} if ensemble else {}), "cv_summary": summary})
+        tracker.log_artifact(folder.metrics_file)
+        for path in _write_summary(cfg, out_dir, done, flat, summary, len(test), None, ensemble):
             tracker.log_artifact(path)
+        if (out_dir / "ensemble").is_dir():
+            tracker.log_artifact(out_dir / "ensemble", "ensemble")
     return RunResult(out_dir, flat, tracker.run_id, cfg.tracking.tracking_uri if tracker.enabled else None, None,
                      {}, time.time() - t0, folds=[r for _, r, _ in done], summary=summary, kfold=k)

@@ -14,7 +14,7 @@ import numpy as np
 from medpipe.config import LOWER_IS_BETTER_METRICS
 
 __all__ = ["plot_history", "plot_overlays", "read_gray", "plot_learning_curves", "plot_roc", "plot_confusion",
-           "plot_misclassified"]
+           "plot_misclassified", "plot_reliability"]
 
 
 def _plt():
@@ -256,3 +256,41 @@ def plot_misclassified(images: Sequence[str], labels, preds, probs, class_names:
                      f"({probs[i, preds[i]]:.2f})", fontsize=8)
     fig.suptitle(title)
     return _save(fig, path, dpi=80)
+
+
+def plot_reliability(curves: Dict[str, Dict[str, tuple]], path: Path, n_bins: int = 15, title: str = "") -> Path:
+    """Reliability diagrams (Guo et al. 2017, figure 1), one panel per split: accuracy against mean confidence of
+    the top label in equal-width bins (:func:`medpipe.metrics.reliability_curve`), one line per probability
+    version (e.g. before / after temperature scaling) with its ECE, the diagonal (perfect calibration), and the
+    share of cases in each bin as bars.
+
+    Args:
+        curves: ``{split: {version: (labels (N,) int, probs (N, C) float)}}``.
+        path: output PNG.
+        n_bins: equal-width confidence bins.
+        title: figure title.
+    """
+    from medpipe.metrics import expected_calibration_error, reliability_curve
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.8), squeeze=False)
+    for ax, (split, versions) in zip(axes[0], curves.items()):
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        n = 0
+        for k, (version, (labels, probs)) in enumerate(versions.items()):
+            rc = reliability_curve(labels, probs, n_bins)
+            ece = expected_calibration_error(labels, probs, n_bins)
+            used = rc["count"] > 0
+            ax.plot(rc["confidence"][used], rc["accuracy"][used], "os^v"[k % 4] + "-",
+                    label=f"{version} (ECE {100 * ece:.1f} %)")
+            if k == 0:
+                n = int(rc["count"].sum())
+                width = rc["bin_upper"] - rc["bin_lower"]
+                ax.bar(rc["bin_lower"], rc["count"] / max(n, 1), width=width, align="edge", alpha=0.15,
+                       color="tab:blue", edgecolor="none", label="share of cases")
+        ax.set(xlabel="confidence (top-label probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"reliability, {split} (n={n}, {n_bins} bins)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from medpipe.data.cases import Case, resolve_root
 from medpipe.data.discovery import discover_cases, discover_images
 from medpipe.data.expectations import Expectations, build_expectations
 from medpipe.data.splits import split_segmentation_cases
 from medpipe.data.transforms import build_transforms
-from medpipe.engine.trainer import build_evaluator
-from medpipe.inference.predict import predict_cases
+from medpipe.inference.postprocess import apply_postprocess, choose_postprocess
+from medpipe.inference.predict import predict_case, predict_cases
 from medpipe.inference.sliding import build_inferer
+from medpipe.metrics.intervals import add_intervals
 from medpipe.workflow.data import Discovered, PreparedData
 from medpipe.workflow.plots import plot_history, plot_overlays
+from medpipe.workflow.seg_eval import SplitScores, case_scores, label_on_grid, summarize_split, write_per_case_csv
 from medpipe.workflow.tasks import Outcome, RunState, Task, best_epoch
 
 logger = logging.getLogger(__name__)
@@ -39,10 +41,17 @@ class SegmentationDiscovered(Discovered):
 class SegmentationTask(Task):
     """Segmentation (``task: segmentation``): cases ``{"image": path, "label": path}``.
 
-    Finishing (:meth:`finish`): the best checkpoint is re-evaluated on the validation split (``best_val_<metric>``
-    for every ``metrics.names``), masks are predicted with the sliding window of ``infer`` for each split of
-    ``infer.splits`` into ``predictions/<split>/``, and ``plots/training_curves.png`` and
-    ``plots/val_overlays.png`` (image / ground truth / prediction) are drawn.
+    Finishing (:meth:`finish`), with the best checkpoint: the validation cases are predicted on their original
+    grid (sliding window of ``infer``; with ``infer.tta`` the mean softmax over mirrored copies,
+    :func:`medpipe.inference.tta.tta_softmax`); with ``infer.postprocess: auto`` the largest-component
+    post-processing is chosen on them by nnU-Net's rule (:func:`medpipe.inference.postprocess.choose_postprocess`;
+    ``metrics.json`` ``postprocessing``) and applied to every mask written. Every labelled case of validation and
+    of the predicted test split is scored (:mod:`medpipe.workflow.seg_eval`): ``predictions/<split>_per_case.csv``
+    (one column per ``metrics.names``), ``best_val_<metric>`` / ``test_<metric>`` the means of those columns
+    (official ``v_rand`` / ``v_info``: best threshold of the mean over cases) with bootstrap intervals
+    (``metrics.intervals``: ``<metric>_ci_low`` / ``_ci_high``). Masks are written for each split of
+    ``infer.splits`` into ``predictions/<split>/``; ``plots/training_curves.png`` and ``plots/val_overlays.png``
+    (image / ground truth / prediction) are drawn.
     """
 
     name = "segmentation"
@@ -94,24 +103,69 @@ class SegmentationTask(Task):
         return build_transforms(self.cfg.infer_transforms(), "transforms.infer")
 
     def finish(self, state: RunState) -> Outcome:
-        """Re-evaluate the best checkpoint on validation, predict masks, draw the plots."""
+        """Predict validation (and the ``infer.splits``) with the best checkpoint, choose the post-processing on
+        validation, score every labelled case, write masks, per-case tables and plots (see the class docstring)."""
         cfg, engines, data = self.cfg, state.engines, state.data
-        final_eval = build_evaluator(cfg, engines.net, state.val_loader, engines.device)
-        final_eval.run()
-        final = {f"best_val_{k}": float(v) for k, v in final_eval.state.metrics.items()}
+        names, k = list(cfg.metrics.names), cfg.net.out_channels
+        infer_tf, inferer = self.infer_transforms(), build_inferer(cfg.infer)
+        predict = dict(tta=bool(cfg.infer.tta), tta_axes=cfg.infer.tta_axes)
+        val_probs = [predict_case(engines.net, c, infer_tf, inferer, engines.device, **predict) for c in data.val]
+        val_labels = [label_on_grid(c, state.val_transform) for c in data.val]
+        spec = None
+        if cfg.infer.postprocess == "auto" and data.val:
+            spec = choose_postprocess([(p.argmax(0), t) for p, t in zip(val_probs, val_labels)], k)
+        final: Dict[str, float] = {}
+        sections: Dict[str, Any] = {"postprocessing": spec} if spec is not None else {}
+        val = SplitScores()
+        for case, prob, label in zip(data.val, val_probs, val_labels):
+            val.add(case["image"], case_scores(prob, apply_postprocess(prob.argmax(0), spec), label, names, k))
+        self._report_split(state, "val", "best_val_", val, final, sections)
         final["best_epoch"] = float(best_epoch(state.tracker.history, cfg.metrics.key_metric))
         final["train_seconds"] = state.train_seconds
 
-        inferer, infer_tf, predictions = build_inferer(cfg.infer), self.infer_transforms(), {}
-        for split in cfg.infer.splits:
-            cases = data.val if split == "val" else data.test
-            if cases:
-                predictions[split] = predict_cases(
-                    engines.net, cases, infer_tf, inferer, engines.device, state.folder.predictions_dir / split,
-                    cfg.net.out_channels, cfg.infer.output_format, cfg.infer.save_probabilities, cfg.train.progress,
-                    pipeline_name=cfg.name, run_id=state.tracker.run_id)
+        write = dict(num_classes=k, output_format=cfg.infer.output_format,
+                     save_probabilities=cfg.infer.save_probabilities, progress=cfg.train.progress,
+                     pipeline_name=cfg.name, run_id=state.tracker.run_id, postprocess=spec, **predict)
+        predictions: Dict[str, List[Dict]] = {}
+        out = state.folder.predictions_dir
+        if "val" in cfg.infer.splits and data.val:
+            predictions["val"] = predict_cases(engines.net, data.val, infer_tf, inferer, engines.device, out / "val",
+                                               probabilities=val_probs, **write)
+        del val_probs
+        if "test" in cfg.infer.splits and data.test:
+            test = SplitScores()
+
+            def score(case: Dict, prob, mask) -> None:
+                if "label" in case:
+                    test.add(case["image"], case_scores(prob, mask, label_on_grid(case, state.val_transform),
+                                                        names, k))
+
+            predictions["test"] = predict_cases(engines.net, data.test, infer_tf, inferer, engines.device,
+                                                out / "test", on_case=score, **write)
+            if test.images:
+                self._report_split(state, "test", "test_", test, final, sections)
         plots = state.folder.plots_dir
         plot_history(state.tracker.history, plots / "training_curves.png", title=cfg.name)
         if predictions.get("val"):
             plot_overlays(predictions["val"], plots / "val_overlays.png")
-        return Outcome(final, predictions=predictions)
+        iv = cfg.metrics.intervals
+        sections["intervals"] = {"n_resamples": iv.n_resamples, "confidence_level": iv.confidence_level,
+                                 "seed": iv.seed, "method": "percentile bootstrap over cases (images); official "
+                                 "v_rand/v_info: the maximum over thresholds recomputed in every resample"}
+        return Outcome(final, sections, predictions=predictions)
+
+    def _report_split(self, state: RunState, split: str, prefix: str, scores: SplitScores, final: Dict[str, float],
+                      sections: Dict[str, Any]) -> None:
+        """Means (``<prefix><metric>``) and intervals into ``final``, ``predictions/<split>_per_case.csv``, the
+        official ISBI thresholds and the post-processing's Dice into ``sections``."""
+        cfg = self.cfg
+        if not scores.images:
+            return
+        values, cis, columns, official = summarize_split(scores, cfg.metrics.names, cfg.metrics.intervals)
+        final.update({f"{prefix}{m}": float(v) for m, v in values.items()})
+        add_intervals(final, cis, prefix)
+        write_per_case_csv(state.folder.predictions_dir / f"{split}_per_case.csv", scores.images, columns)
+        if official:
+            sections.setdefault("isbi2012", {})[split] = official
+        logger.info("%s: %s over %d cases", split, ", ".join(f"{m} {v:.4f}" for m, v in values.items()),
+                    len(scores.images))

@@ -76,3 +76,22 @@ def test_nll_by_hand_and_errors():
         fit_temperature([0, 2], logits)
     with pytest.raises(ValueError, match="probs"):
         expected_calibration_error([0, 1], logits + 2)
+
+
+def test_temperature_of_averaged_views_minimises_the_nll_of_the_mean():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(800, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(z, axis=1)])
+    views = 2.5 * np.stack([z + rng.normal(scale=0.5, size=z.shape) for _ in range(4)])  # (M, N, C)
+    t = fit_temperature(labels, views)
+
+    def nll(temp):
+        p = np.mean([softmax(v / temp, axis=1) for v in views], axis=0)
+        return -np.log(p[np.arange(len(labels)), labels]).mean()
+
+    grid = np.exp(np.linspace(np.log(0.5), np.log(8), 400))
+    assert t == pytest.approx(grid[np.argmin([nll(g) for g in grid])], rel=0.01)
+    assert nll(t) < nll(1.0)
+    assert fit_temperature(labels, views[:1]) == pytest.approx(fit_temperature(labels, views[0]), rel=1e-6)
+    with pytest.raises(ValueError, match="logits"):
+        fit_temperature(labels, views[0, :, 0])

@@ -96,6 +96,15 @@ def test_page_uploads_xray_and_shows_prediction(server, datasets):
             assert page.locator("#bars li.top").get_attribute("data-cls") == label
             assert page.locator("#image").evaluate("img => img.naturalWidth") > 0
             page.screenshot(path=str(out / "serve_page_xray.png"), full_page=True)
+            # explain: the Grad-CAM heatmap over the image is shown
+            expect(page.locator("#explain-label")).to_be_visible()
+            page.check("#explain-toggle")
+            page.evaluate("document.body.dataset.state = ''")
+            page.set_input_files("#file-input", str(cxr_files(datasets, "test", "NORMAL", 1, skip=2)[0]))
+            expect(page.locator("body")).to_have_attribute("data-state", "done", timeout=30_000)
+            expect(page.locator("#explanation")).to_be_visible()
+            assert page.locator("#explanation").evaluate("img => img.naturalWidth") > 0
+            page.screenshot(path=str(out / "serve_page_explain.png"), full_page=True)
             # a bad file shows the server's message, and the page keeps working
             page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
                                                         "buffer": b"not an image"}])

@@ -20,6 +20,7 @@ async function loadModelInfo() {
       ? "classifier of " + modelInfo.classes.join(" / ")
       : "segmenter (" + modelInfo.num_classes + " classes)";
     $("model-summary").textContent = modelInfo.net + " " + what;
+    $("explain-label").hidden = modelInfo.task !== "classification";
     $("run").textContent = modelInfo.run_id ? "MLflow run " + modelInfo.run_id : "model " + modelInfo.source;
   } catch (err) {
     $("model-summary").textContent = "model information unavailable: " + err;
@@ -29,6 +30,17 @@ async function loadModelInfo() {
 function renderClassification(r) {
   $("label").textContent = r.label;
   $("rule").textContent = "Decision: " + r.decision_rule;
+  const ood = $("ood");
+  ood.hidden = r.ood_score === undefined;
+  if (!ood.hidden) {
+    ood.className = r.out_of_distribution ? "flag" : "muted";
+    ood.textContent = (r.out_of_distribution ? "Unusual input (out of distribution): " : "In distribution: ") +
+      "score " + r.ood_score.toFixed(3) + (r.out_of_distribution ? " > " : " ≤ ") + "threshold " +
+      r.ood_threshold.toFixed(3) + " (fitted on validation)";
+  }
+  const ex = $("explanation");
+  ex.hidden = !r.explanation_png;
+  if (r.explanation_png) ex.src = "data:image/png;base64," + r.explanation_png;
   const bars = $("bars");
   bars.innerHTML = "";
   for (const [name, p] of Object.entries(r.probabilities)) {
@@ -121,7 +133,9 @@ async function predict(file) {
   const wantSeg = modelInfo !== null && modelInfo.task === "segmentation" && await isDicom(file);
   let res, body;
   try {
-    res = await fetch("/predict?preview=true" + (wantSeg ? "&dicom_seg=true" : ""), { method: "POST", body: form });
+    const explain = modelInfo !== null && modelInfo.task === "classification" && $("explain-toggle").checked;
+    res = await fetch("/predict?preview=true" + (wantSeg ? "&dicom_seg=true" : "") + (explain ? "&explain=true" : ""),
+                      { method: "POST", body: form });
     body = await res.json();
   } catch (err) {
     $("status").textContent = "";
@@ -138,6 +152,10 @@ async function predict(file) {
   $("overlay").hidden = true;
   $("overlay-toggle-label").hidden = true;
   $("bars").innerHTML = ""; $("area").innerHTML = "";
+  $("explanation").hidden = true; $("ood").hidden = true;
+  const warnings = body.warnings || [];
+  $("warnings").textContent = warnings.map((w) => "Warning: " + w).join("\n");
+  $("warnings").hidden = warnings.length === 0;
   const inp = body.input;
   $("input-facts").textContent = file.name + ": " + inp.format.toUpperCase() + " " + inp.width + " × " + inp.height +
     (inp.pixel_spacing_mm ? ", pixel " + inp.pixel_spacing_mm.map((v) => v.toFixed(3)).join(" × ") + " mm" : "") +
