@@ -162,14 +162,15 @@ def _postprocessing(cfg: PipelineConfig, temperature: Optional[float] = None,
 
 
 def _keep_largest(spec: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """MONAI transforms of a post-processing spec after the argmax: none yet. The spec of
-    :func:`medpipe.inference.postprocess.choose_postprocess` is recorded in ``metadata.json``
-    (``medpipe.reported.postprocess``) for the user to apply; mapping it to ``KeepLargestConnectedComponentd`` is
-    left to do, so the bundle's masks are the argmax before post-processing."""
-    if spec:
-        logger.warning("the run's post-processing %s is recorded in metadata.json but not applied by inference.json",
-                       spec)
-    return []
+    """MONAI transforms of a post-processing spec (:func:`medpipe.inference.postprocess.choose_postprocess`) after
+    the argmax: one ``KeepLargestConnectedComponentd`` per step, with the same arguments as
+    :func:`medpipe.inference.postprocess.keep_largest_component` (``applied_labels`` = the step's classes,
+    class-index input, the classes' union as one foreground), so the bundle's masks are the run's."""
+    if not spec:
+        return []
+    return [{"_target_": "monai.transforms.KeepLargestConnectedComponentd", "keys": "pred",
+             "applied_labels": [int(v) for v in step], "is_onehot": False, "independent": False}
+            for step in spec.get("steps") or []]
 
 
 def _handlers(cfg: PipelineConfig) -> List[Dict[str, Any]]:

@@ -189,3 +189,27 @@ def test_names_that_monai_would_run_as_code_are_refused(covid_run, tmp_path, cap
     err = capsys.readouterr().err
     assert "metadata.network_data_format.outputs.pred.channel_def.0: the value \"$__import__" in err
     assert "reads as code or a reference" in err and "Traceback" not in err and not (tmp_path / "b").exists()
+
+
+def test_postprocessing_spec_becomes_monai_transforms_with_the_same_masks(datasets):
+    """A run's keep-largest-component spec runs in the bundle as MONAI transforms and gives
+    ``apply_postprocess``'s mask on a real label with small components added."""
+    from monai.bundle import ConfigParser
+
+    from medpipe.bundle import inference_config
+    from medpipe.inference.postprocess import apply_postprocess
+    from tests.serve.test_reported import seg_cfg
+
+    cfg = validate_config(seg_cfg(datasets))
+    spec = {"method": "keep_largest_component", "steps": [[1]]}
+    post = inference_config(cfg, postprocess=spec)["postprocessing"]["transforms"]
+    keep = [t for t in post if t["_target_"].endswith("KeepLargestConnectedComponentd")]
+    assert [t["applied_labels"] for t in keep] == [[1]]
+    label = (np.asarray(Image.open(datasets / "isbi2012_em" / "train" / "label" / "0.png")) > 0).astype(np.int64)
+    mask = np.zeros_like(label)
+    mask[:200, :200] = label[:200, :200]  # real cells (one component under full connectivity)
+    mask[300:305, 300:305] = 1  # and a small separate one
+    parser = ConfigParser({"t": keep[0]})
+    out = parser.get_parsed_content("t")({"pred": torch.tensor(mask)[None]})["pred"][0]  # a copy: it works in place
+    np.testing.assert_array_equal(np.asarray(out), apply_postprocess(mask, spec))
+    assert np.asarray(out).sum() < mask.sum()  # it removed components
