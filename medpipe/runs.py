@@ -489,7 +489,7 @@ def load_trained(source: str, tracking_uri: Optional[str] = None, device: str = 
         raise RuntimeError(f"{source}: the weights do not fit net {cfg.net.name!r} of its config: {exc}") from None
     dev = torch.device(device)
     net = net.to(dev).eval()
-    transform = build_transforms(cfg.infer_transforms(), "transforms.infer")
+    transform = build_transforms(cfg.infer_transforms(), "transforms.infer", series_uid=cfg.data.series_uid)
     inferer = build_inferer(cfg.infer) if cfg.task == "segmentation" else None
     return TrainedRun(cfg, net, transform, inferer, dev, source, folder, run_id, metrics, manifest, classes,
                       threshold, temperature, ood, postprocess)

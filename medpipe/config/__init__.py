@@ -24,7 +24,7 @@ from medpipe.config.errors import ConfigError, CrossFieldError
 from medpipe.config.evaluation import (CLASSIFICATION_METRICS, LOWER_IS_BETTER_METRICS, SEGMENTATION_METRICS,
                                        ClsMetric, InferConfig, MetricsConfig, ReportConfig, SegMetric)
 from medpipe.config.loading import apply_overrides, flatten, load_config, resolved_dict, validate_config
-from medpipe.config.net import (CLASSIFICATION_NETS, SEGMENTATION_NETS, BasicUNetNet, DenseNet121Net, LeNetNet,
+from medpipe.config.net import (CLASSIFICATION_NETS, SEGMENTATION_NETS, BasicUNetNet, DenseNet121Net, DynUNetNet, LeNetNet,
                                 NetConfig, ResNetNet)
 from medpipe.config.pipeline import PipelineConfig
 from medpipe.config.schema import CURRENT_SCHEMA_VERSION, upgrade_config_dict
@@ -41,7 +41,7 @@ __all__ = [
     "CURRENT_SCHEMA_VERSION", "upgrade_config_dict",
     # sections
     "StrictModel", "DataConfig", "SplitConfig", "TransformSpec", "TransformsConfig", "check_transform_args",
-    "transform_table", "NetConfig", "BasicUNetNet", "DenseNet121Net", "ResNetNet", "LeNetNet", "SEGMENTATION_NETS",
+    "transform_table", "NetConfig", "BasicUNetNet", "DynUNetNet", "DenseNet121Net", "ResNetNet", "LeNetNet", "SEGMENTATION_NETS",
     "CLASSIFICATION_NETS", "LossConfig", "OptimizerConfig", "SchedulerConfig", "TrainConfig", "SegMetric",
     "ClsMetric", "SEGMENTATION_METRICS", "CLASSIFICATION_METRICS", "LOWER_IS_BETTER_METRICS", "MetricsConfig",
     "ReportConfig", "InferConfig", "SlideSpec", "SlideIntensityConfig", "SlideInferConfig", "TrackingConfig",

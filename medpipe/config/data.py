@@ -88,7 +88,9 @@ class DataConfig(StrictModel):
     ``root`` (``**`` allowed). Labels are paired to images by their path relative to the glob's fixed prefix
     with the extension removed (``train/image/3.png`` <-> ``train/label/3.png``). Alternatively ``list_file``
     names a CSV (columns ``image``, ``label``) or JSON (a list of ``{"image": ..., "label": ...}``) with paths
-    relative to ``root``.
+    relative to ``root``, or is a Medical Segmentation Decathlon ``dataset.json`` (its ``training`` list; paths
+    relative to the file's folder). An image may be a DICOM series folder (a glob matching folders, or a list-file
+    row naming one); ``series_uid`` picks the series of a folder holding several.
 
     Classification: the class of each image comes from the list file's ``label_column`` (class names, e.g.
     ``PNEUMONIA``), or with ``images`` and ``class_from: folder`` from each image's parent folder name (then
@@ -141,8 +143,17 @@ class DataConfig(StrictModel):
                                           "is refused (or flagged, see serve --allow-mismatch)")
     body_part: Optional[List[str]] = Field(None, description="DICOM Body Part Examined values (0018,0015) the model "
                                            "is trained for, e.g. [CHEST]; checked like modality")
+    series_uid: Optional[List[str]] = Field(
+        None, description="DICOM series folders holding several series: the SeriesInstanceUID(s) to read (one per "
+        "folder; a single UID may be given as a string); unset, such a folder is an error listing its series with "
+        "their descriptions and slice counts")
     sampler: Literal["none", "weighted"] = Field("none", description="classification: weighted = "
                                                  "torch WeightedRandomSampler by inverse class frequency")
+
+    @field_validator("series_uid", mode="before")
+    @classmethod
+    def _uid_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @field_validator("classes")
     @classmethod

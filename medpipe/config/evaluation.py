@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import List, Literal, Optional, Tuple, Union
 
@@ -12,16 +13,19 @@ from typing_extensions import Annotated
 from medpipe.config.base import StrictModel
 
 __all__ = ["SegMetric", "ClsMetric", "SEGMENTATION_METRICS", "CLASSIFICATION_METRICS", "LOWER_IS_BETTER_METRICS",
-           "ThresholdTarget", "IntervalsConfig", "MetricsConfig", "ReportConfig", "InferConfig"]
+           "NOT_KEY_METRICS", "ThresholdTarget", "IntervalsConfig", "MetricsConfig", "ReportConfig", "InferConfig"]
 
 #: segmentation metric names (see :class:`MetricsConfig`)
-SegMetric = Literal["dice", "pixel_accuracy", "v_rand", "v_info", "v_rand_unthinned", "v_info_unthinned", "hd95"]
+SegMetric = Literal["dice", "pixel_accuracy", "v_rand", "v_info", "v_rand_unthinned", "v_info_unthinned", "hd95",
+                    "asd", "volume"]
 #: classification metric names (see :class:`MetricsConfig`)
 ClsMetric = Literal["accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "precision", "f1"]
 SEGMENTATION_METRICS: Tuple[str, ...] = typing.get_args(SegMetric)
 CLASSIFICATION_METRICS: Tuple[str, ...] = typing.get_args(ClsMetric)
 #: metrics where lower is better (distances); they are reported but cannot be ``key_metric``
-LOWER_IS_BETTER_METRICS: Tuple[str, ...] = ("hd95",)
+LOWER_IS_BETTER_METRICS: Tuple[str, ...] = ("hd95", "asd")
+#: metrics that cannot select the best checkpoint: the distances and ``volume`` (a size, not a score)
+NOT_KEY_METRICS: Tuple[str, ...] = LOWER_IS_BETTER_METRICS + ("volume",)
 
 
 class ThresholdTarget(StrictModel):
@@ -67,11 +71,17 @@ class MetricsConfig(StrictModel):
     (:func:`medpipe.metrics.isbi2012_scores`); ``v_rand_unthinned`` / ``v_info_unthinned``: the same scores of the
     argmax mask, without thinning, at one threshold (what medpipe called ``v_rand`` / ``v_info`` until December 2026); ``hd95``: the 95th-percentile symmetric Hausdorff
     distance between predicted and true foreground boundaries (MONAI ``HausdorffDistanceMetric``, percentile 95,
-    foreground classes, mean over images), in **pixels** (no spacing is applied); lower is better, so it cannot be
-    ``key_metric``. An image whose prediction or ground truth is empty (but not both) scores the image diagonal
-    (the largest possible distance; MONAI would give NaN, silently dropped from its mean); both empty scores NaN and
-    is left out of the mean; either case is logged
-    (:class:`medpipe.engine.metric_handlers.HD95Metric`).
+    foreground classes, mean over images) in **mm** from the voxel spacing of each case (NIfTI / DICOM headers; in
+    **pixels** for PNG / TIFF inputs, whose spacing is 1); ``asd``: the average symmetric surface distance (Heimann
+    et al. 2009; MONAI ``SurfaceDistanceMetric(symmetric=True)``), in mm likewise; both are lower-is-better, so they
+    cannot be ``key_metric``. An image whose prediction or ground truth is empty (but not both) scores the image
+    diagonal in mm (the largest possible distance; MONAI would give NaN, silently dropped from its mean); both empty
+    scores NaN and is left out of the mean; either case is logged
+    (:class:`medpipe.engine.metric_handlers.HD95Metric`). ``volume``: the predicted and true volume of each
+    foreground class in mm3 (voxel count times the voxel volume; final evaluation only, not a key metric).
+    With more than two classes every metric is also reported per foreground class (``dice_<class>``,
+    ``hd95_<class>``, ``asd_<class>``, named by ``class_names``), and ``dice`` / ``hd95`` / ``asd`` are the mean over
+    the foreground classes of each case.
 
     Classification (default all seven; key ``auc`` for two classes, threshold-free and insensitive to class
     imbalance, else ``balanced_accuracy``, the mean recall of Brodersen et al. 2010): ``accuracy``,
@@ -90,6 +100,10 @@ class MetricsConfig(StrictModel):
         "youden = maximise sensitivity + specificity - 1 on the validation split (Youden 1950), or a target "
         "{sensitivity: 0.95} / {specificity: 0.9} met on the validation split; applied unchanged to the test split, "
         "whose metrics are reported at 0.5 and at this point. Per-epoch validation metrics always use 0.5")
+    class_names: Optional[List[str]] = Field(
+        None, min_length=2, description="segmentation: one name per class, background first (e.g. [background, "
+        "anterior, posterior]), used in the per-class metric keys (dice_anterior, best_val_hd95_posterior, ...); "
+        "default class_1, class_2, ...")
     intervals: IntervalsConfig = Field(default_factory=IntervalsConfig)
     calibration: Literal["none", "temperature"] = Field(
         "none", description="classification: temperature = scale the logits by one temperature fitted on the "
@@ -108,9 +122,25 @@ class MetricsConfig(StrictModel):
     @classmethod
     def _key_higher_is_better(cls, v: Optional[str]) -> Optional[str]:
         if v in LOWER_IS_BETTER_METRICS:
-            raise ValueError(f"{v!r} is lower-is-better (a distance in pixels), but key_metric selects the "
+            raise ValueError(f"{v!r} is lower-is-better (a distance in mm or pixels), but key_metric selects the "
                              "checkpoint with the highest value; use a higher-is-better metric such as dice and keep "
                              f"{v} in metrics.names")
+        if v in NOT_KEY_METRICS:
+            raise ValueError(f"{v!r} is a size, not a score, and cannot select the best checkpoint; use a "
+                             f"higher-is-better metric such as dice and keep {v} in metrics.names")
+        return v
+
+    @field_validator("class_names")
+    @classmethod
+    def _class_names(cls, v: Optional[List[str]]) -> Optional[List[str]]:
+        if v is None:
+            return v
+        bad = [n for n in v if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", n)]
+        if bad:
+            raise ValueError(f"{bad} cannot be part of a metric key; use letters, digits, '_', '.', '-' "
+                             "(e.g. [background, anterior, posterior])")
+        if len(set(v)) != len(v):
+            raise ValueError(f"names must be distinct, got {v}")
         return v
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from medpipe.config.base import StrictModel
 from medpipe.config.data import DataConfig
 from medpipe.config.errors import CrossFieldError
-from medpipe.config.evaluation import (CLASSIFICATION_METRICS, LOWER_IS_BETTER_METRICS, SEGMENTATION_METRICS,
+from medpipe.config.evaluation import (CLASSIFICATION_METRICS, NOT_KEY_METRICS, SEGMENTATION_METRICS,
                                        InferConfig, MetricsConfig, ReportConfig)
 from medpipe.config.net import CLASSIFICATION_NETS, SEGMENTATION_NETS, NetConfig
 from medpipe.config.schema import CURRENT_SCHEMA_VERSION
@@ -99,9 +99,13 @@ class PipelineConfig(StrictModel):
         if key is not None and key not in allowed:
             problems.append((("metrics", "key_metric"), f"{key!r} is not a {self.task} metric; allowed: "
                              f"{', '.join(allowed)}"))
-        if key is None and names and all(m in LOWER_IS_BETTER_METRICS for m in names):
+        if key is None and names and all(m in NOT_KEY_METRICS for m in names):
             problems.append((("metrics", "names"), f"{names} has no higher-is-better metric to select the best "
                              "checkpoint (key_metric); add one, e.g. dice"))
+        cn = self.metrics.class_names
+        if cn is not None and self.task == "segmentation" and len(cn) != max(self.net.out_channels, 2):
+            problems.append((("metrics", "class_names"), f"names {len(cn)} classes but net.out_channels is "
+                             f"{self.net.out_channels} (background first, e.g. [background, anterior, posterior])"))
         if self.metrics.threshold != 0.5 and (self.task != "classification" or self.num_classes != 2):
             problems.append((("metrics", "threshold"), "an operating threshold applies to two-class "
                              "classification only (more classes: argmax)"))
@@ -122,7 +126,7 @@ class PipelineConfig(StrictModel):
             self.loss.name = self.loss.name or "dice_ce"
             self.metrics.names = names or ["dice", "pixel_accuracy"]
             self.metrics.key_metric = key or ("dice" if "dice" in self.metrics.names else next(
-                m for m in self.metrics.names if m not in LOWER_IS_BETTER_METRICS))
+                m for m in self.metrics.names if m not in NOT_KEY_METRICS))
         else:
             self.loss.name = self.loss.name or "cross_entropy"
             self.metrics.names = names or list(CLASSIFICATION_METRICS)

@@ -4,7 +4,9 @@ Modules, one job each (import from them; this package imports nothing, so import
 :mod:`medpipe.data.custom_transforms` from the config stays light):
 
 - :mod:`~medpipe.data.cases`: the :class:`~medpipe.data.cases.Case` dict, ``DataError``, ``resolve_root``;
-- :mod:`~medpipe.data.discovery`: finding cases (globs, list files), reader checks, image shapes;
+- :mod:`~medpipe.data.discovery`: finding cases (globs, list files, MSD ``dataset.json``), reader checks, image shapes;
+- :mod:`~medpipe.data.volumes`: 3D volumes: DICOM series folders (series choice, slice order, gaps), NRRD / MHA,
+  header geometry (shape and affine);
 - :mod:`~medpipe.data.splits`: train / validation / test splits and cross-validation folds;
 - :mod:`~medpipe.data.integrity`: reading every file once before training, the dataset fingerprint;
 - :mod:`~medpipe.data.loaders`: MONAI datasets and loaders, class counts and weights;

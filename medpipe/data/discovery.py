@@ -66,30 +66,48 @@ def _pair_key(path: str, base: str) -> str:
 
 
 def discover_images(root: Path, pattern: str) -> List[str]:
-    """Files under ``root`` matching a glob.
+    """Files and DICOM series folders under ``root`` matching a glob.
 
     Args:
         root: the data folder (:func:`medpipe.data.cases.resolve_root`).
         pattern: glob relative to ``root``; ``**`` recurses.
 
     Returns:
-        Absolute paths of the matching files (folders excluded), sorted.
+        Absolute paths of the matching files and of the matching folders that hold DICOM files (a series, read as
+        one volume: :func:`medpipe.data.volumes.is_dicom_series_folder`), sorted; other folders are left out.
 
     Raises:
         DataError: nothing matches (names the pattern and root).
     """
-    files = sorted(f for f in glob.glob(str(root / pattern), recursive=True) if os.path.isfile(f))
+    from medpipe.data.volumes import is_dicom_series_folder
+
+    files = sorted(f for f in glob.glob(str(root / pattern), recursive=True)
+                   if os.path.isfile(f) or is_dicom_series_folder(f))
     if not files:
         raise DataError(f"no files match {pattern!r} under {root}")
     return files
 
 
 # ------------------------------------------------------------------------------------------------ list files
+def _msd_rows(path: Path, obj: Dict) -> List[Dict]:
+    """The ``training`` list of a Medical Segmentation Decathlon ``dataset.json``, its ``./imagesTr/...`` paths made
+    absolute against the file's folder (MSD's convention)."""
+    rows = obj["training"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: \"training\" is not a list of {{\"image\": ..., \"label\": ...}} objects (Medical "
+                        "Segmentation Decathlon dataset.json)")
+    return [{k: (os.path.normpath(os.path.join(path.parent, v)) if isinstance(v, str) and k in ("image", "label") else v)
+             for k, v in r.items()} for r in rows]
+
+
 def read_list_rows(path: Path) -> Tuple[List[Tuple[int, Dict]], List[str]]:
     """Rows of a CSV or JSON list file.
 
     Args:
-        path: a ``.json`` file holding a list of objects, or a CSV file with a header row (any other suffix).
+        path: a ``.json`` file holding a list of objects, or a Medical Segmentation Decathlon ``dataset.json`` (an
+            object whose ``training`` list of ``{"image", "label"}`` is read, its relative ``./imagesTr/...``
+            paths made absolute against the file's folder as MSD defines them; its ``test`` list is not read), or
+            a CSV file with a header row (any other suffix).
 
     Returns:
         ``(rows, columns)``: ``rows`` are ``(line, row dict)`` with the 1-based line of the row in the CSV file
@@ -97,15 +115,18 @@ def read_list_rows(path: Path) -> Tuple[List[Tuple[int, Dict]], List[str]]:
         JSON: every key of any object, sorted).
 
     Raises:
-        DataError: invalid JSON, or JSON that is not a list of objects (names the file).
+        DataError: invalid JSON, or JSON that is not a list of objects or an MSD dataset.json (names the file).
     """
     if path.suffix.lower() == ".json":
         try:
             rows = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from None
+        if isinstance(rows, dict) and "training" in rows:
+            rows = _msd_rows(path, rows)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise DataError(f"{path}: expected a JSON list of objects like {{\"image\": ..., \"label\": ...}}")
+            raise DataError(f"{path}: expected a JSON list of objects like {{\"image\": ..., \"label\": ...}} or "
+                            "an MSD dataset.json with a \"training\" list")
         columns = sorted({k for r in rows for k in r})
         return [(i + 1, r) for i, r in enumerate(rows)], columns
     with open(path, newline="") as fh:
@@ -357,13 +378,13 @@ def image_shape(path: str) -> Tuple[int, ...]:
 
     PNG/JPEG/TIFF/PGM/BMP through Pillow (shape ``(H, W)``), NIfTI through nibabel (its array shape without
     the channel axis if 4D), DICOM through pydicom (``(Rows, Columns)`` or ``(Frames, Rows, Columns)``),
-    ``.npy`` through numpy. A folder is treated as a DICOM series and is not read here (returns ``()``).
+    ``.npy`` through numpy, NRRD / MetaImage files and DICOM series folders through MONAI's readers.
 
     Args:
         path: the image file (or DICOM series folder).
 
     Returns:
-        The spatial shape in pixels (voxels), ``()`` for a folder.
+        The spatial shape in pixels (voxels).
 
     Raises:
         DataError: the file is missing, empty, truncated or not an image of its type; names the file.

@@ -14,7 +14,9 @@ For every key a chain's ``LoadImaged`` loads (:func:`chain_expectations`):
   ``label`` in order (values not in ``orig_labels`` pass unchanged, as in MONAI), must end as a class index
   ``0..C-1``; another value-changing transform on ``label`` ends the check.
 
-Finite values are expected of every file whatever the chain (:mod:`medpipe.data.integrity`).
+Finite values are expected of every file whatever the chain (:mod:`medpipe.data.integrity`), and of volumes the
+number of spatial axes of the network (``net.spatial_dims``) and, from a DICOM series folder, the series named in
+``data.series_uid`` (:class:`Expectations`).
 """
 
 from __future__ import annotations
@@ -283,10 +285,18 @@ class Expectations:
     Attributes:
         labelled: expectations of the training and validation chains (cases with a ``label``).
         unlabelled: expectations of the inference chain (segmentation cases without a ``label``).
+        spatial_dims: ``net.spatial_dims`` (3: a 4D NIfTI is refused unless its 4th axis holds ``in_channels``
+            channels), or ``None`` (not checked).
+        in_channels: ``net.in_channels``, or ``None``.
+        series_uid: ``data.series_uid``: the *SeriesInstanceUID* (s) to read from a folder holding several DICOM
+            series (:func:`medpipe.data.volumes.select_series`), or ``None``.
     """
 
     labelled: List[KeyExpectation] = field(default_factory=list)
     unlabelled: List[KeyExpectation] = field(default_factory=list)
+    spatial_dims: Optional[int] = None
+    in_channels: Optional[int] = None
+    series_uid: Optional[List[str]] = None
 
     def for_file(self, case: Dict[str, Any], key: str) -> List[KeyExpectation]:
         """The expectations of the chains that load ``case[key]``."""
@@ -296,13 +306,16 @@ class Expectations:
 
 def build_expectations(labelled: Dict[str, Sequence], unlabelled: Dict[str, Sequence],
                        in_channels: Optional[int] = None, n_classes: Optional[int] = None,
-                       classes_what: str = "") -> Expectations:
+                       classes_what: str = "", spatial_dims: Optional[int] = None,
+                       series_uid: Optional[Sequence[str]] = None) -> Expectations:
     """:func:`chain_expectations` of every chain.
 
     Args:
         labelled: config path -> specs of the chains that load labelled cases (``transforms.train`` / ``val``).
         unlabelled: config path -> specs of the chains that load unlabelled images (``transforms.infer``).
         in_channels, n_classes, classes_what: as for :func:`chain_expectations`.
+        spatial_dims: ``net.spatial_dims`` (see :class:`Expectations`), or ``None``.
+        series_uid: ``data.series_uid`` (see :class:`Expectations`), or ``None``.
 
     Returns:
         The :class:`Expectations`.
@@ -310,4 +323,5 @@ def build_expectations(labelled: Dict[str, Sequence], unlabelled: Dict[str, Sequ
     def read(chains: Dict[str, Sequence]) -> List[KeyExpectation]:
         return [e for chain, specs in chains.items()
                 for e in chain_expectations(chain, specs, in_channels, n_classes, classes_what).values()]
-    return Expectations(read(labelled), read(unlabelled))
+    uids = [series_uid] if isinstance(series_uid, str) else (list(series_uid) if series_uid else None)
+    return Expectations(read(labelled), read(unlabelled), spatial_dims, in_channels, uids)

@@ -39,10 +39,10 @@ class ImageFile:
     Attributes:
         path: the file.
         shape: spatial shape in pixels (voxels): ``(H, W)`` for Pillow files, NIfTI's array shape without a 4th
-            axis, DICOM ``(Rows, Columns)`` or ``(Frames, Rows, Columns)``, ``.npy``'s shape; ``()`` for a DICOM
-            series folder (not read).
+            axis, DICOM ``(Rows, Columns)`` or ``(Frames, Rows, Columns)``, ``.npy``'s shape; NRRD / MetaImage files and DICOM
+            series folders ``(I, J, K)`` as MONAI loads them (:mod:`medpipe.data.volumes`).
         array: the pixel values as the loaders see them (DICOM with ``RescaleSlope`` / ``RescaleIntercept``
-            applied, NIfTI with its scaling), or ``None`` for a folder and for a Pillow file (then :meth:`pixels`
+            applied, NIfTI with its scaling), or ``None`` for a Pillow file (then :meth:`pixels`
             makes it from ``pil`` when a check needs it).
         channels: samples per pixel (1 grey, 3 RGB, 4 RGBA, ...) where the format says so (Pillow, DICOM), else
             ``None``.
@@ -51,6 +51,9 @@ class ImageFile:
         via_pillow: read with Pillow (PNG, JPEG, TIFF, BMP, Netpbm): a 2-D image format with a bit depth.
         nonfinite_scaling: DICOM ``RescaleSlope`` / ``RescaleIntercept`` that is NaN or infinite (as text).
         pil: the loaded ``PIL.Image`` of a Pillow file, else ``None``.
+        affine: ``(4, 4)`` float64 RAS affine of a volume (NIfTI, NRRD / MetaImage, DICOM series: mm), as MONAI's
+            readers give it, else ``None``.
+        file_shape: the array's full shape in the file (a NIfTI's 4th axis included), ``()`` when unknown.
     """
 
     path: str
@@ -62,6 +65,8 @@ class ImageFile:
     via_pillow: bool = False
     nonfinite_scaling: str = ""
     pil: Any = None
+    affine: Optional[np.ndarray] = None
+    file_shape: Tuple[int, ...] = ()
     _cache: Dict[object, object] = field(default_factory=dict, repr=False)
 
     def _get(self, key, compute):
@@ -71,14 +76,14 @@ class ImageFile:
 
     def pixels(self) -> Optional[np.ndarray]:
         """The pixel array (made once from ``pil`` for a Pillow file, as ``numpy.asarray`` and MONAI's
-        ``PILReader`` do), or ``None`` for a folder."""
+        ``PILReader`` do)."""
         if self.array is None and self.pil is not None:
             self.array = np.asarray(self.pil)
         return self.array
 
     @property
     def size(self) -> int:
-        """Number of values (pixels x channels); 0 for a folder."""
+        """Number of values (pixels x channels)."""
         if self.pil is not None:
             return self.pil.width * self.pil.height * len(self.pil.getbands())
         return 0 if self.array is None else int(self.array.size)
@@ -187,29 +192,56 @@ def _read_dicom(path: str) -> ImageFile:
                      nonfinite_scaling=", ".join(bad))
 
 
-def read_image(path: str) -> ImageFile:
+def _read_volume(path: str, series_uid=None) -> ImageFile:
+    """A DICOM series folder or an NRRD / MetaImage file, through MONAI's readers as the loaders read it."""
+    from medpipe.data.volumes import load_volume, select_series
+
+    if os.path.isdir(path):
+        info = select_series(path, series_uid)  # one series, no gap: DataError naming the folder otherwise
+        kind = f"DICOM series {info.uid} ({info.n_slices} slices)"
+    else:
+        kind = f"{os.path.splitext(path)[1].lstrip('.').upper()} volume"
+    vol = load_volume(path, series_uid)  # (C, I, J, K) MetaTensor
+    arr = vol.numpy()
+    arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    return ImageFile(path, tuple(vol.shape[1:]), arr, int(vol.shape[0]), None, kind,
+                     affine=np.asarray(vol.affine, dtype=np.float64), file_shape=tuple(arr.shape))
+
+
+def read_image(path: str, series_uid=None) -> ImageFile:
     """Read an image file fully (to detect truncation) and keep its pixels.
 
     PNG/JPEG/TIFF/PGM/BMP through Pillow (the values ``numpy.asarray`` gives, as MONAI's ``PILReader`` does),
-    NIfTI through nibabel (scaled values), DICOM through pydicom (``RescaleSlope`` / ``RescaleIntercept``
-    applied), ``.npy`` through numpy. A folder is taken for a DICOM series and not read.
+    NIfTI through nibabel (scaled values, its affine and full shape), DICOM through pydicom (``RescaleSlope`` /
+    ``RescaleIntercept`` applied), ``.npy`` through numpy; NRRD / MetaImage files and DICOM series folders through
+    MONAI's readers with their RAS affine (:func:`medpipe.data.volumes.load_volume`).
 
     Args:
         path: the image file (or DICOM series folder).
+        series_uid: for a folder holding several DICOM series, the *SeriesInstanceUID* (or list of them) to read
+            (``data.series_uid``; :func:`medpipe.data.volumes.select_series`).
 
     Returns:
-        The :class:`ImageFile` (``array`` ``None`` and ``shape`` ``()`` for a folder).
+        The :class:`ImageFile`.
 
     Raises:
-        DataError: the file is missing, empty, truncated or not an image of its type; names the file.
+        DataError: the file is missing, empty, truncated or not an image of its type; a folder without one DICOM
+            series to read or with a missing slice (:func:`medpipe.data.volumes.select_series`); names the file.
     """
-    if os.path.isdir(path):
-        return ImageFile(path, (), kind="DICOM series folder")
+    from medpipe.data.volumes import ITK_SUFFIXES
+
+    low = path.lower()
+    if os.path.isdir(path) or (os.path.isfile(path) and os.path.getsize(path) and low.endswith(ITK_SUFFIXES)):
+        try:
+            return _read_volume(path, series_uid)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read volume ({type(exc).__name__}: {exc})") from exc
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
-    low = path.lower()
     try:
         if low.endswith((".nii", ".nii.gz")):
             import nibabel as nib
@@ -218,7 +250,8 @@ def read_image(path: str) -> ImageFile:
             arr = np.asanyarray(img.dataobj)  # forces a full read
             shape = tuple(img.shape[:3]) if len(img.shape) > 3 else tuple(img.shape)
             stored = np.dtype(img.get_data_dtype())
-            return ImageFile(path, shape, arr, None, stored.itemsize * 8, f"NIfTI, {stored.name}")
+            return ImageFile(path, shape, arr, None, stored.itemsize * 8, f"NIfTI, {stored.name}",
+                             affine=np.asarray(img.affine, dtype=np.float64), file_shape=tuple(img.shape))
         if low.endswith(".dcm"):
             return _read_dicom(path)
         if low.endswith(".npy"):

@@ -8,7 +8,7 @@ one that validated the names.
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from medpipe.config import transform_table
 # compatibility: these lived here before medpipe.data.custom_transforms; import them from there
@@ -19,12 +19,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_transforms", "cache_on_device"]
 
 
-def build_transforms(specs: Sequence, where: str = "transforms"):
+def build_transforms(specs: Sequence, where: str = "transforms", series_uid: Optional[Sequence[str]] = None):
     """Instantiate a ``monai.transforms.Compose`` from transform specs.
+
+    Every ``LoadImaged`` reads a DICOM series folder with :class:`medpipe.data.volumes.DicomSeriesReader` (series
+    chosen by ``series_uid``, slices sorted by position, gaps refused) and files with its own readers
+    (:func:`medpipe.data.volumes.add_series_reader`).
 
     Args:
         specs: :class:`medpipe.config.TransformSpec` items (``name`` + keyword arguments).
         where: config path of the list, used in error messages (e.g. ``"transforms.train"``).
+        series_uid: ``data.series_uid``: the SeriesInstanceUID(s) to read from folders holding several series.
 
     Returns:
         ``monai.transforms.Compose`` applying the transforms in order; random transforms draw from the
@@ -43,7 +48,9 @@ def build_transforms(specs: Sequence, where: str = "transforms"):
             built.append(cls(**spec.kwargs))
         except Exception as exc:  # MONAI raises ValueError/TypeError/etc. with its own text
             raise ValueError(f"{where}[{i}] {spec.name}: {type(exc).__name__}: {exc}") from exc
-    return mt.Compose(built)
+    from medpipe.data.volumes import add_series_reader
+
+    return add_series_reader(mt.Compose(built), series_uid)
 
 
 def cache_on_device(chain, device):

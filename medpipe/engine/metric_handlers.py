@@ -1,7 +1,9 @@
 """Validation metrics as MONAI cumulative metrics and ignite handlers for ``SupervisedEvaluator``.
 
-Segmentation: Dice is MONAI's ``MeanDice``; HD95 is MONAI's ``HausdorffDistanceMetric`` (percentile 95) with a
-defined score for empty masks (:class:`HD95Metric`); pixel accuracy and the unthinned V-Rand / V-Info wrap the
+Segmentation: Dice is MONAI's ``MeanDice`` (and, with more than two classes, the Dice of each foreground class,
+:class:`ClassDiceMetric`, as ``dice_<class>``); HD95 is MONAI's ``HausdorffDistanceMetric`` (percentile 95) and ASD
+its ``SurfaceDistanceMetric`` (symmetric), in mm from the spacing of the validation batch's affine (pixels for PNG),
+with a defined score for empty masks (:class:`HD95Metric`, :class:`ASDMetric`); pixel accuracy and the unthinned V-Rand / V-Info wrap the
 per-image numpy functions of :mod:`medpipe.metrics.segmentation` in ``monai.metrics.CumulativeIterationMetric`` so
 that MONAI's ``IgniteMetricHandler`` accumulates them (and reduces them across processes) like its own metrics. The
 official ISBI-2012 ``v_rand`` / ``v_info`` (:class:`ISBI2012Metric`) buffer a per-slice, per-threshold table from
@@ -25,20 +27,22 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
-from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric
+from monai.metrics import CumulativeIterationMetric, DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.metrics.utils import do_metric_reduction
 
 from medpipe import metrics as M
-from medpipe.config import LOWER_IS_BETTER_METRICS
+from medpipe.config.evaluation import NOT_KEY_METRICS
 from medpipe.metrics.isbi2012 import DEFAULT_THRESHOLDS, best_over_thresholds
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PerImageMetric", "HD95Metric", "ISBI2012Metric", "ISBI2012_METRICS", "PROB_KEY",
+__all__ = ["PerImageMetric", "HD95Metric", "ASDMetric", "ClassDiceMetric", "FINAL_ONLY_METRICS", "ISBI2012Metric", "ISBI2012_METRICS", "PROB_KEY",
            "build_seg_metric_handlers", "ClassificationMetric", "build_cls_metric_handlers"]
 
 #: engine-output key of the softmax probabilities ``(K, H, W)`` kept before ``AsDiscreted`` (for the ISBI metrics)
 PROB_KEY = "prob"
+#: metrics of the final evaluation only (no per-epoch handler)
+FINAL_ONLY_METRICS = ("volume",)
 #: the metrics computed by :class:`ISBI2012Metric` from :data:`PROB_KEY`
 ISBI2012_METRICS = ("v_rand", "v_info")
 
@@ -85,20 +89,90 @@ class PerImageMetric(CumulativeIterationMetric):
         return torch.as_tensor(data, dtype=torch.float64).nanmean()
 
 
-class HD95Metric(HausdorffDistanceMetric):
-    """95th-percentile symmetric Hausdorff distance (HD95) over the foreground classes, in pixels.
+def _spacing_of(y_pred, y):
+    """The voxel spacing carried by the batch: from the affine of ``y`` (else ``y_pred``) when it is a
+    ``MetaTensor`` (``(4, 4)`` for the whole batch or ``(B, 4, 4)`` per image), else ``None`` (pixels)."""
+    from monai.data import MetaTensor
+
+    ndim = y_pred.ndim - 2
+    for t in (y, y_pred):
+        if isinstance(t, MetaTensor):
+            aff = t.affine
+            if aff.ndim == 3:
+                return [M.spacing_from_affine(a, ndim) for a in aff]
+            return M.spacing_from_affine(aff, ndim)
+    return None
+
+
+class _BoundaryMetric:
+    """What :class:`HD95Metric` and :class:`ASDMetric` share: spacing, empty-mask rule, counters, reduction."""
+
+    kind = "hd95"
+    percentile = 95.0
+
+    def reset(self) -> None:
+        """Clear the buffered distances and the empty-mask counters."""
+        super().reset()  # type: ignore[misc]
+        self.n_one_empty = 0
+        self.n_both_empty = 0
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
+                        **kwargs) -> torch.Tensor:
+        spacing = kwargs.get("spacing")
+        if spacing is None:
+            spacing = _spacing_of(y_pred, y)
+        scored = M.boundary_distances(y_pred, y, self.kind, spacing, self.percentile)
+        self.n_one_empty += scored.n_one_empty
+        self.n_both_empty += scored.n_both_empty
+        return scored.distances
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        """Mean distance over the (image, class) pairs with a defined value, with warnings counting the empty-mask
+        pairs.
+
+        Returns:
+            a 0-d float32 tensor, mm (pixels without spacing); NaN if no image was seen or none has a defined value.
+        """
+        data = self.get_buffer()  # type: ignore[attr-defined]
+        if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
+            return torch.tensor(float("nan"))
+        data = torch.as_tensor(data, dtype=torch.float32)
+        if self.n_one_empty:
+            logger.warning("%s: %d image(s) with an empty prediction or an empty ground truth (not both) scored "
+                           "the image diagonal", self.kind, self.n_one_empty)
+        if self.n_both_empty:
+            logger.warning("%s: %d image(s) with empty prediction and ground truth are left out of the mean",
+                           self.kind, self.n_both_empty)
+        if not torch.isfinite(data).any():
+            logger.warning("%s is undefined for all %d image(s) (prediction and ground truth empty): NaN",
+                           self.kind, data.shape[0])
+            return torch.tensor(float("nan"))
+        f, _ = do_metric_reduction(data, "mean")
+        return f.reshape(())
+
+
+class HD95Metric(_BoundaryMetric, HausdorffDistanceMetric):
+    """95th-percentile symmetric Hausdorff distance (HD95) over the foreground classes, in mm (pixels without
+    spacing).
 
     MONAI's ``HausdorffDistanceMetric(include_background=False, percentile=95)`` (Euclidean distances between the
-    boundary pixels of prediction and ground truth, no spacing, so the unit is the **pixel**; the 95th percentile of
-    both directed distance sets, the larger of the two), computed per image and foreground class, averaged over
-    images like MONAI's ``reduction="mean"``. Lower is better (0: the boundaries coincide).
+    boundary voxels of prediction and ground truth scaled by the voxel spacing; the 95th percentile of both directed
+    distance sets, the larger of the two; :func:`medpipe.metrics.boundary_distances`), computed per image and
+    foreground class, averaged over images like MONAI's ``reduction="mean"``. Lower is better (0: the boundaries
+    coincide).
+
+    **Spacing**: the ``spacing`` keyword of ``__call__`` (any form of :func:`medpipe.metrics.batch_spacing`), else
+    the spacing of the affine of ``y`` (or ``y_pred``) when it is a MONAI ``MetaTensor`` (the validation batch of a
+    NIfTI / DICOM volume: mm, on the grid the network sees), else 1 (**pixels**). A PNG's ``MetaTensor`` has the
+    identity affine, so 2D runs score in pixels as before.
 
     Empty masks, which MONAI scores NaN (and its mean silently skips, so a network that predicts nothing could look
     better than one that predicts something wrong), get the rule of :func:`medpipe.metrics.score_empty_masks`:
 
-    * prediction empty and ground truth not, or the reverse: the image diagonal ``sqrt(sum((s - 1)^2))`` over the
-      spatial sizes ``s`` (360.6 px for 256 x 256), the largest distance two pixels of the image can have; as the
-      BraTS challenge scores an empty prediction of a present tumour with its volume's maximum distance;
+    * prediction empty and ground truth not, or the reverse: the image diagonal ``sqrt(sum(((s - 1) sp)^2))`` over
+      the spatial sizes ``s`` and spacings ``sp`` (360.6 px for 256 x 256), the largest distance two voxels of the
+      image can have; as the BraTS challenge scores an empty prediction of a present tumour with its volume's maximum
+      distance;
     * both empty: NaN, left out of the mean (there is no boundary to be distant from).
 
     ``aggregate()`` logs a warning with the number of such images, and returns NaN (a 0-d tensor) if no image has a
@@ -111,51 +185,58 @@ class HD95Metric(HausdorffDistanceMetric):
         percentile: percentile of the directed boundary distances, in ``[0, 100]``; 95 gives HD95.
     """
 
+    kind = "hd95"
+
     def __init__(self, percentile: float = 95.0):
         super().__init__(include_background=False, distance_metric="euclidean", percentile=percentile,
                          reduction="mean")
 
-    def reset(self) -> None:
-        """Clear the buffered distances and the empty-mask counters."""
-        super().reset()
-        self.n_one_empty = 0
-        self.n_both_empty = 0
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
-                        **kwargs) -> torch.Tensor:
-        with warnings.catch_warnings():
-            # MONAI warns per empty image (counted here, logged once per aggregate()) and, from inside its own
-            # surface-distance code, about its deprecated `always_return_as_numpy` argument (nothing to act on here)
-            warnings.filterwarnings("ignore", message=r".*is all 0, this may result in nan/inf distance")
-            warnings.filterwarnings("ignore", message=r".*always_return_as_numpy", category=FutureWarning)
-            hd = super()._compute_tensor(y_pred, y, **kwargs)
-        scored = M.score_empty_masks(hd, y_pred, y)
-        self.n_one_empty += scored.n_one_empty
-        self.n_both_empty += scored.n_both_empty
-        return scored.distances
+class ASDMetric(_BoundaryMetric, SurfaceDistanceMetric):
+    """Average symmetric surface distance (ASD / ASSD) over the foreground classes, in mm (pixels without spacing).
 
-    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
-        """Mean HD95 over the images with a defined value, with warnings counting the empty-mask images.
+    The mean of the distances from every boundary voxel of the prediction to the ground truth's boundary and from
+    every boundary voxel of the ground truth to the prediction's, pooled (Heimann et al., IEEE TMI 28(8), 2009;
+    MONAI ``SurfaceDistanceMetric(include_background=False, symmetric=True)``;
+    :func:`medpipe.metrics.boundary_distances`), per image and foreground class, averaged over images. Spacing and
+    empty masks as :class:`HD95Metric`. Lower is better.
 
-        Returns:
-            a 0-d float32 tensor, pixels; NaN if no image was seen or none has a defined value.
-        """
-        data = self.get_buffer()
-        if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
-            return torch.tensor(float("nan"))
-        data = torch.as_tensor(data, dtype=torch.float32)
-        if self.n_one_empty:
-            logger.warning("hd95: %d image(s) with an empty prediction or an empty ground truth (not both) scored "
-                           "the image diagonal", self.n_one_empty)
-        if self.n_both_empty:
-            logger.warning("hd95: %d image(s) with empty prediction and ground truth are left out of the mean",
-                           self.n_both_empty)
-        if not torch.isfinite(data).any():
-            logger.warning("hd95 is undefined for all %d image(s) (prediction and ground truth empty): NaN",
-                           data.shape[0])
-            return torch.tensor(float("nan"))
-        f, _ = do_metric_reduction(data, "mean")
-        return f.reshape(())
+    ``y_pred``/``y``: ``(B, C, H, W[, D])`` one-hot binary tensors or lists of ``(C, H, W[, D])``. Returns
+    ``(B, C - 1)`` float32 distances from ``__call__``.
+    """
+
+    kind = "asd"
+
+    def __init__(self):
+        super().__init__(include_background=False, symmetric=True, distance_metric="euclidean", reduction="mean")
+
+
+class ClassDiceMetric(DiceMetric):
+    """Dice of one foreground class, averaged over images: MONAI ``DiceMetric(include_background=False,
+    ignore_empty=True)`` on the background and that class's channels, i.e. column ``class_index - 1`` of
+    ``DiceMetric(include_background=False, reduction="none")`` (an image without the class in its ground truth is
+    NaN and left out of the mean, as ``MeanDice``).
+
+    Args:
+        class_index: the class ``c`` (1 .. K - 1).
+
+    Shapes:
+        ``y_pred``/``y``: ``(B, K, *spatial)`` one-hot (after ``AsDiscrete``). ``aggregate()`` returns a 0-d tensor.
+
+    Raises:
+        ValueError: ``class_index < 1``.
+    """
+
+    def __init__(self, class_index: int):
+        if class_index < 1:
+            raise ValueError(f"class_index: expected a foreground class >= 1, got {class_index}")
+        super().__init__(include_background=False, reduction="mean", ignore_empty=True)
+        self.class_index = int(class_index)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        idx = torch.tensor([0, self.class_index], device=y_pred.device)
+        plain = [t.as_tensor() if hasattr(t, "as_tensor") else t for t in (y_pred, y)]
+        return super()._compute_tensor(plain[0].index_select(1, idx), plain[1].index_select(1, idx))
 
 
 def _cell_probability(prob: torch.Tensor) -> np.ndarray:
@@ -250,41 +331,53 @@ _PER_IMAGE: Dict[str, Callable] = {
 }
 
 
-def build_seg_metric_handlers(names, key_metric: str):
+def build_seg_metric_handlers(names, key_metric: str, num_classes: int = 2, class_names=None):
     """Ignite metric handlers for a ``SupervisedEvaluator``.
 
     Args:
         names: metric names from :class:`medpipe.config.MetricsConfig`.
         key_metric: the name selecting the best checkpoint.
+        num_classes: ``K`` (``net.out_channels``); with ``K > 2`` and ``dice`` among ``names`` the Dice of every
+            foreground class is added as ``dice_<class>`` (:class:`ClassDiceMetric`).
+        class_names: ``K`` names, background first (``metrics.class_names``); default ``class_1``, ``class_2``, ...
 
     Returns:
         ``(key_val_metric, additional_metrics)`` dicts for ``monai.engines.SupervisedEvaluator``. They read
         ``pred`` and ``label`` (one-hot, after the evaluator's post-transforms) from the engine output, except
         ``v_rand`` / ``v_info`` (official ISBI-2012, :class:`ISBI2012Metric`), which read the softmax
         probabilities under :data:`PROB_KEY` and ``label``.
-        ``dice``: MONAI ``MeanDice`` (foreground); ``hd95``: :class:`HD95Metric` in an ``IgniteMetricHandler``
-        (what ``monai.handlers.HausdorffDistance`` builds, with empty masks scored as documented there), pixels;
-        ``pixel_accuracy``, ``v_rand_unthinned``, ``v_info_unthinned``: :class:`PerImageMetric`.
+        ``dice``: MONAI ``MeanDice`` (foreground); ``hd95`` / ``asd``: :class:`HD95Metric` / :class:`ASDMetric` in
+        an ``IgniteMetricHandler`` (what ``monai.handlers.HausdorffDistance`` / ``SurfaceDistance`` build, with
+        empty masks scored as documented there), mm from the label's affine (pixels for PNG);
+        ``pixel_accuracy``, ``v_rand_unthinned``, ``v_info_unthinned``: :class:`PerImageMetric`. ``volume`` is
+        computed by the final evaluation only (:data:`FINAL_ONLY_METRICS`), not per epoch.
 
     Raises:
-        ValueError: ``key_metric`` is lower-is-better (``hd95``): the checkpoint handlers keep the highest value.
+        ValueError: ``key_metric`` is lower-is-better (``hd95``, ``asd``) or ``volume``: the checkpoint handlers
+            keep the highest value; ``class_names`` does not fit ``num_classes``.
         KeyError: a name that is not a segmentation metric, or ``key_metric`` not among ``names`` (both checked
             by :class:`medpipe.config.MetricsConfig` first).
     """
-    if key_metric in LOWER_IS_BETTER_METRICS:
-        raise ValueError(f"metrics.key_metric: {key_metric!r} is lower-is-better; the best checkpoint needs a "
-                         "higher-is-better metric such as dice")
+    if key_metric in NOT_KEY_METRICS:
+        raise ValueError(f"metrics.key_metric: {key_metric!r} is lower-is-better or not a score; the best "
+                         "checkpoint needs a higher-is-better metric such as dice")
     out = from_engine(["pred", "label"])
     handlers = {}
     for name in names:
         if name == "dice":
             handlers[name] = MeanDice(include_background=False, output_transform=out)
+            if num_classes > 2:
+                for c, label in enumerate(M.label_names(num_classes, class_names), start=1):
+                    handlers[f"dice_{label}"] = IgniteMetricHandler(metric_fn=ClassDiceMetric(c),
+                                                                    output_transform=out)
         elif name == "hd95":
             handlers[name] = IgniteMetricHandler(metric_fn=HD95Metric(), output_transform=out)
+        elif name == "asd":
+            handlers[name] = IgniteMetricHandler(metric_fn=ASDMetric(), output_transform=out)
         elif name in ISBI2012_METRICS:
             handlers[name] = IgniteMetricHandler(metric_fn=ISBI2012Metric(name),
                                                  output_transform=from_engine([PROB_KEY, "label"]))
-        else:
+        elif name not in FINAL_ONLY_METRICS:
             handlers[name] = IgniteMetricHandler(metric_fn=PerImageMetric(_PER_IMAGE[name]), output_transform=out)
     key = {key_metric: handlers.pop(key_metric)}
     return key, handlers

@@ -1,11 +1,19 @@
-"""Losses, optimizers and learning-rate schedules from config (MONAI losses, ``torch.optim``)."""
+"""Losses, optimizers and learning-rate schedules from config (MONAI losses, ``torch.optim``).
+
+Deep supervision (``net.deep_supervision`` of ``dyn_unet``): :func:`with_deep_supervision` wraps the configured loss
+in MONAI's ``DeepSupervisionLoss`` with nnU-Net's weights (:func:`deep_supervision_weights`), fed the heads of
+``DynUNet``'s stacked training output (:class:`StackedDeepSupervisionLoss`).
+"""
 
 from __future__ import annotations
+
+from typing import List
 
 import torch
 from torch import nn
 
-__all__ = ["build_loss", "build_optimizer", "build_scheduler", "IndexCrossEntropyLoss"]
+__all__ = ["build_loss", "with_deep_supervision", "build_optimizer", "build_scheduler", "IndexCrossEntropyLoss",
+           "StackedDeepSupervisionLoss", "deep_supervision_weights"]
 
 
 class IndexCrossEntropyLoss(nn.Module):
@@ -72,6 +80,81 @@ def build_loss(cfg, class_weights=None) -> nn.Module:
     if cfg.name == "dice":
         return DiceLoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background)
     return IndexCrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def deep_supervision_weights(levels: int) -> List[float]:
+    """nnU-Net's deep-supervision weights: ``1 / 2**i`` for output ``i`` (0 = full resolution), normalised to sum
+    to 1 (nnU-Net v2 ``nnUNetTrainer._build_loss``; nnU-Net also zeroes its lowest-resolution output, which DynUNet
+    does not produce: ``deep_supr_num`` stops above the bottleneck). With one level the weight is 1, so the loss
+    keeps the scale of the plain loss.
+
+    Args:
+        levels: number of outputs (``1 + net.deep_supr_num``), at least 1.
+
+    Returns:
+        ``levels`` float weights, decreasing, summing to 1.
+
+    Raises:
+        ValueError: ``levels`` < 1.
+    """
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    raw = [0.5 ** i for i in range(levels)]
+    return [w / sum(raw) for w in raw]
+
+
+class StackedDeepSupervisionLoss(nn.Module):
+    """MONAI ``DeepSupervisionLoss`` for ``DynUNet``'s stacked training output.
+
+    ``DynUNet`` in training mode with deep supervision returns ``(B, 1 + deep_supr_num, C, *spatial)``: the main
+    output, then the heads of decreasing resolution, each interpolated to the full size (MONAI). They are unbound
+    along axis 1 (as MONAI's DynUNet tutorial does) and the loss is ``sum_i w_i * loss(head_i, label)`` with
+    :func:`deep_supervision_weights`. A prediction of the label's rank (an eval-mode output) gets the plain loss.
+
+    Args:
+        loss: the configured loss (e.g. MONAI ``DiceCELoss``), ``loss(logits (B, C, ...), label (B, 1, ...))``.
+        levels: ``1 + net.deep_supr_num``, the outputs stacked by the network.
+
+    Shapes:
+        ``forward``: ``pred`` ``(B, levels, C, *spatial)`` (or ``(B, C, *spatial)``), ``label`` ``(B, 1, *spatial)``
+        class indices -> scalar float.
+    """
+
+    def __init__(self, loss: nn.Module, levels: int):
+        super().__init__()
+        from monai.losses import DeepSupervisionLoss
+
+        self.levels = int(levels)
+        self.ds = DeepSupervisionLoss(loss, weights=deep_supervision_weights(self.levels))
+
+    def forward(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the loss over the stacked outputs (see the class docstring).
+
+        Raises:
+            ValueError: ``pred`` stacks another number of outputs than ``levels``.
+        """
+        if pred.ndim == label.ndim + 1:
+            if pred.shape[1] != self.levels:
+                raise ValueError(f"the network stacked {pred.shape[1]} outputs, the loss expects {self.levels} "
+                                 "(1 + net.deep_supr_num)")
+            return self.ds(list(torch.unbind(pred, dim=1)), label)
+        return self.ds(pred, label)
+
+
+def with_deep_supervision(loss: nn.Module, net_cfg) -> nn.Module:
+    """The training loss for a network: ``loss`` wrapped in :class:`StackedDeepSupervisionLoss` when the net config
+    has ``deep_supervision`` on (``dyn_unet``), else ``loss`` itself.
+
+    Args:
+        loss: the loss from :func:`build_loss`.
+        net_cfg: ``cfg.net``; ``deep_supervision`` and ``deep_supr_num`` are read when present.
+
+    Returns:
+        the loss module to train with (validation uses the network's eval-mode output and no loss).
+    """
+    if getattr(net_cfg, "deep_supervision", False):
+        return StackedDeepSupervisionLoss(loss, 1 + net_cfg.deep_supr_num)
+    return loss
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:

@@ -37,7 +37,7 @@ from medpipe.engine.metric_handlers import (
     build_cls_metric_handlers,
     build_seg_metric_handlers,
 )
-from medpipe.engine.optim import build_loss, build_optimizer, build_scheduler
+from medpipe.engine.optim import build_loss, build_optimizer, build_scheduler, with_deep_supervision
 from medpipe.engine.resume import EpochReseed, History, RNGState, StateAttributes
 from medpipe.engine.transfer import attach_freeze_schedule
 from medpipe.inference.sliding import build_inferer
@@ -286,7 +286,8 @@ def build_evaluator(cfg, net: torch.nn.Module, loader, device: torch.device, han
             AsDiscreted(keys="pred", argmax=True, to_onehot=num_classes),
             AsDiscreted(keys="label", to_onehot=num_classes),
         ])
-        key_metric, extra_metrics = build_seg_metric_handlers(cfg.metrics.names, cfg.metrics.key_metric)
+        key_metric, extra_metrics = build_seg_metric_handlers(cfg.metrics.names, cfg.metrics.key_metric, num_classes,
+                                                              cfg.metrics.class_names)
         inferer = build_inferer(cfg.infer)
     return SupervisedEvaluator(
         device=device, val_data_loader=loader, network=net, inferer=inferer,
@@ -349,6 +350,7 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
     ``channels_last`` (network and input batches in NHWC / NDHWC memory format), ``compile`` (``torch.compile``
     of the training network, static shapes, fed plain tensors; validation runs the network uncompiled).
 
+    ``net.deep_supervision``: the loss takes the stacked heads (``optim.with_deep_supervision``); eval: main output.
     With ``train.freeze_backbone_epochs`` N > 0 the backbone is frozen for the first N epochs
     (:func:`medpipe.engine.transfer.attach_freeze_schedule`); the optimizer covers all parameters throughout.
 
@@ -361,7 +363,7 @@ def build_engines(cfg, net: torch.nn.Module, train_loader, val_loader, checkpoin
     net, train_net, eval_kwargs, train_kwargs = _place_networks(cfg, net, device, dist)
     optimizer = build_optimizer(cfg.optimizer, net.parameters())
     scheduler = build_scheduler(cfg.scheduler, optimizer, tc.max_epochs)
-    loss = build_loss(cfg.loss, class_weights).to(device)
+    loss = with_deep_supervision(build_loss(cfg.loss, class_weights), cfg.net).to(device)
 
     checkpoint_dir = Path(checkpoint_dir)
     if rank == 0:

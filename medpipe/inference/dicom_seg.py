@@ -1,4 +1,4 @@
-"""DICOM SEG output (highdicom) for a segmentation whose input was a single-frame DICOM image.
+"""DICOM SEG output (highdicom) for a segmentation whose input was a single-frame DICOM image or a DICOM series.
 
 A predicted class-index mask becomes a binary DICOM Segmentation (``hd.seg.Segmentation``, *Segmentation Storage*
 1.2.840.10008.5.1.4.1.1.66.4) that viewers (OHIF, 3D Slicer, a PACS) show over the source image:
@@ -24,7 +24,10 @@ The mask must be on the source's pixel grid, ``(Rows, Columns)``. MONAI's DICOM 
 ``PILReader`` loads a PNG as ``(width, height)`` unless ``reverse_indexing=False``: :func:`loader_transposes` asks
 the pipeline's own loader with a 2 x 3 probe file, so a square image is put the right way round too.
 
-Only single-frame images: a multi-frame file or a series of slices (3D) is refused here.
+A **DICOM series** (a folder of single-frame slices, 3D): :func:`build_dicom_seg_series` takes the mask as
+:class:`medpipe.data.volumes.DicomSeriesReader` loads the series, ``(Columns, Rows, Slices)`` with the slices
+sorted along the normal, and writes one frame per slice and segment, each referencing its slice (every slice of the
+series is referenced). A multi-frame file is refused.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["DicomSegError", "is_dicom_file", "read_source", "loader_transposes", "probe_dicom", "probe_png",
-           "mask_on_source_grid", "build_dicom_seg", "dicom_seg_bytes", "write_dicom_seg"]
+           "mask_on_source_grid", "build_dicom_seg", "dicom_seg_bytes", "write_dicom_seg", "is_dicom_series",
+           "build_dicom_seg_series", "write_dicom_seg_series"]
 
 #: what a DICOM SEG needs of its source image: keyword -> (tag, name)
 REQUIRED = {"SOPInstanceUID": ("(0008,0018)", "SOP Instance UID"), "SOPClassUID": ("(0008,0016)", "SOP Class UID"),
@@ -260,10 +264,6 @@ def build_dicom_seg(mask: np.ndarray, source: Any, class_names: Optional[Sequenc
         DicomSegError: see :func:`read_source` and :func:`mask_on_source_grid`; class indices outside ``0 .. K-1``;
             highdicom refusing the source (its message, with the file's name).
     """
-    import highdicom as hd
-
-    from medpipe import __version__
-
     name = name or _source_name(source)
     ds = read_source(source, name)
     grid = mask_on_source_grid(mask, int(ds.Rows), int(ds.Columns), transposed, name)
@@ -275,9 +275,21 @@ def build_dicom_seg(mask: np.ndarray, source: Any, class_names: Optional[Sequenc
     if not ds.get("FrameOfReferenceUID") and "PixelSpacing" in ds:
         reference = ds.copy()  # a projection radiograph: no Pixel Measures (see the module's docstring)
         del reference.PixelSpacing
+    return _segmentation([reference], grid, k, name, class_names=class_names, pipeline=pipeline, run_id=run_id,
+                         property_category=property_category, property_type=property_type)
+
+
+def _segmentation(sources: list, pixels: np.ndarray, k: int, name: str, class_names=None, pipeline="medpipe",
+                  run_id=None, property_category=None, property_type=None):
+    """``hd.seg.Segmentation`` of ``pixels`` (``(Rows, Columns)`` or one frame per source, ``(N, Rows, Columns)``)
+    over ``sources``; highdicom's refusal as a :class:`DicomSegError` naming ``name``."""
+    import highdicom as hd
+
+    from medpipe import __version__
+
     try:
         return hd.seg.Segmentation(
-            source_images=[reference], pixel_array=grid.astype(np.uint16 if k > 255 else np.uint8),
+            source_images=sources, pixel_array=pixels.astype(np.uint16 if k > 255 else np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=_segment_descriptions(k, class_names, pipeline, property_category, property_type),
             series_instance_uid=hd.UID(), series_number=SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
@@ -321,4 +333,86 @@ def write_dicom_seg(mask: np.ndarray, source: Any, out_path: Union[str, os.PathL
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(data)
+    return out_path
+
+
+# ----------------------------------------------------------------------------------------------- series (3D)
+def is_dicom_series(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a folder of DICOM slices (:func:`medpipe.data.volumes.is_dicom_series_folder`)."""
+    from medpipe.data.volumes import is_dicom_series_folder
+
+    return is_dicom_series_folder(path)
+
+
+def build_dicom_seg_series(mask: np.ndarray, folder: Union[str, os.PathLike], series_uid=None,
+                           class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
+                           pipeline: str = "medpipe", run_id: Optional[str] = None, property_category=None,
+                           property_type=None):
+    """A binary DICOM SEG of a 3D mask over the DICOM series it was predicted from, referencing every slice.
+
+    Args:
+        mask: integer class indices ``(Columns, Rows, Slices)`` on the series' grid as
+            :class:`medpipe.data.volumes.DicomSeriesReader` loads it (slices sorted along the normal, ascending);
+            singleton axes beyond the third are dropped.
+        folder: the series folder.
+        series_uid: the *SeriesInstanceUID* (s) to use in a folder holding several series (``data.series_uid``).
+        class_names, num_classes, pipeline, run_id, property_category, property_type: see
+            :func:`build_dicom_seg`.
+
+    Returns:
+        ``highdicom.seg.Segmentation`` with one frame per slice and segment (``Rows x Columns``), each referencing
+        its source slice.
+
+    Raises:
+        DicomSegError: the folder holds no single readable series (several series, a gap: the message of
+            :func:`medpipe.data.volumes.select_series`), a slice a SEG cannot reference (:func:`read_source`),
+            a mask of another shape, class indices outside ``0 .. K-1``, or highdicom refusing the sources.
+    """
+    from medpipe.data.cases import DataError
+    from medpipe.data.volumes import select_series
+
+    name = str(folder)
+    try:
+        info = select_series(folder, series_uid)
+    except DataError as exc:
+        raise DicomSegError(str(exc)) from None
+    arr = np.asarray(mask)
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    want = (info.columns, info.rows, info.n_slices)
+    if arr.shape != want:
+        raise DicomSegError(f"{name}: the mask has shape {np.shape(mask)}; expected (Columns, Rows, Slices) = {want}, "
+                            "the series as medpipe loads it")
+    k = int(num_classes) if num_classes else max(2, int(arr.max()) + 1)
+    if arr.min() < 0 or arr.max() >= k:
+        raise DicomSegError(f"{name}: the mask holds class indices {int(arr.min())} .. {int(arr.max())}; expected "
+                            f"0 .. {k - 1} for {k} classes")
+    sources = [read_source(f) for f in info.files]
+    return _segmentation(sources, np.ascontiguousarray(arr.transpose(2, 1, 0)), k, name, class_names=class_names,
+                         pipeline=pipeline, run_id=run_id, property_category=property_category,
+                         property_type=property_type)
+
+
+def write_dicom_seg_series(mask: np.ndarray, folder: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
+                           **kwargs) -> Path:
+    """Write :func:`build_dicom_seg_series` to ``out_path`` (the folder is created).
+
+    Args:
+        mask: ``(Columns, Rows, Slices)`` class indices (see :func:`build_dicom_seg_series`).
+        folder: the series folder.
+        out_path: the SEG file, e.g. ``<stem>.seg.dcm``.
+        **kwargs: ``series_uid``, ``class_names``, ``num_classes``, ``pipeline``, ``run_id``,
+            ``property_category``, ``property_type``.
+
+    Returns:
+        ``out_path`` as a ``Path``.
+
+    Raises:
+        DicomSegError: see :func:`build_dicom_seg_series`.
+    """
+    buf = io.BytesIO()
+    build_dicom_seg_series(mask, folder, **kwargs).save_as(buf)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(buf.getvalue())
     return out_path

@@ -3,8 +3,12 @@
 Each case goes through the pipeline's inference transforms, the sliding-window inferer, a softmax (or, with
 test-time augmentation, the mean softmax over mirrored copies: :func:`medpipe.inference.tta.tta_softmax`), MONAI's
 ``Invertd`` (undoing invertible spatial transforms so the mask matches the original file's grid), the argmax and
-the run's post-processing (:func:`medpipe.inference.postprocess.apply_postprocess`), and is written as a PNG (``0``/``255`` for two classes, class indices otherwise) or NIfTI mask. A case whose image is a
-single DICOM file also gets ``<stem>.seg.dcm``, a DICOM SEG referencing it (:mod:`medpipe.inference.dicom_seg`).
+the run's post-processing (:func:`medpipe.inference.postprocess.apply_postprocess`), and is written as a PNG
+(``0``/``255`` for two classes, class indices otherwise) or NIfTI mask. A NIfTI mask of a volume (NIfTI, NRRD /
+MetaImage, DICOM series folder) has its input's shape and RAS affine, read from the input's header
+(:func:`medpipe.data.volumes.volume_geometry`), so it overlays the input in any viewer whatever ``Orientationd`` /
+``Spacingd`` did in between. A case whose image is a single DICOM file or a DICOM series folder also gets
+``<stem>.seg.dcm``, a DICOM SEG referencing it (every slice of a series; :mod:`medpipe.inference.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from medpipe.inference.dicom_seg import is_dicom_file
+from medpipe.data.volumes import volume_geometry
+from medpipe.inference.dicom_seg import is_dicom_file, is_dicom_series
 from medpipe.inference.postprocess import apply_postprocess
 from medpipe.inference.tta import tta_softmax
 
@@ -27,7 +32,7 @@ __all__ = ["predict_case", "predict_cases", "write_mask", "mask_to_uint8"]
 
 
 def _stem(path: str) -> str:
-    name = os.path.basename(path)
+    name = os.path.basename(os.path.normpath(path))
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
             return name[: -len(ext)]
@@ -89,7 +94,23 @@ def mask_to_uint8(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
 
 
-def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = None) -> Path:
+def _on_reference_grid(mask: np.ndarray, reference: Optional[str], series_uid) -> Tuple[np.ndarray, np.ndarray]:
+    """``(mask, affine)``: the reference volume's RAS affine (identity when it is no volume) and the mask shaped
+    as the volume (singleton axes dropped or added)."""
+    geometry = volume_geometry(reference, series_uid) if reference else None
+    if geometry is None:
+        return mask, np.eye(4)
+    shape, affine = geometry
+    if tuple(mask.shape) != tuple(shape):
+        if tuple(s for s in mask.shape if s != 1) != tuple(s for s in shape if s != 1):
+            raise ValueError(f"mask of {reference}: shape {tuple(mask.shape)} is not the input's shape {tuple(shape)}; "
+                             "expected a mask on the input's grid (are the spatial transforms invertible, so that "
+                             "Invertd undoes them?)")
+        mask = mask.reshape(shape)
+    return mask, affine
+
+
+def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = None, series_uid=None) -> Path:
     """Write a class-index mask.
 
     Args:
@@ -97,13 +118,17 @@ def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = 
         path: output file; ``.png`` or ``.nii.gz``.
         num_classes: with 2 classes a PNG stores ``0``/``255`` (the input label convention); otherwise the
             class indices themselves.
-        reference: for NIfTI, an input NIfTI file whose affine is copied (identity if ``None``).
+        reference: for NIfTI, the input the mask was predicted from: a volume (NIfTI, NRRD / MetaImage, DICOM
+            series folder) gives the mask its shape and RAS affine (:func:`medpipe.data.volumes.volume_geometry`);
+            anything else or ``None``: the identity affine.
+        series_uid: for a DICOM series folder holding several series, the ``data.series_uid`` it was read with.
 
     Returns:
         ``path``.
 
     Raises:
-        ValueError: a PNG asked for a mask that is not 2-D.
+        ValueError: a PNG asked for a mask that is not 2-D; a NIfTI mask whose shape is not its reference volume's
+            (names the input and both shapes). DataError: the reference's header cannot be read.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +141,7 @@ def write_mask(mask: np.ndarray, path: Path, num_classes: int, reference: str = 
     else:
         import nibabel as nib
 
-        affine = nib.load(reference).affine if reference and reference.endswith((".nii", ".nii.gz")) else np.eye(4)
+        mask, affine = _on_reference_grid(np.asarray(mask), reference, series_uid)
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(path))
     return path
 
@@ -125,9 +150,9 @@ class _DicomSegWriter:
     """Writes ``<stem>.seg.dcm`` for the DICOM cases of one :func:`predict_cases` call; the loader's layout is
     probed once, with the first DICOM case's header."""
 
-    def __init__(self, transform, num_classes: int, class_names, pipeline_name: str, run_id):
+    def __init__(self, transform, num_classes: int, class_names, pipeline_name: str, run_id, series_uid=None):
         self.transform, self.num_classes, self.class_names = transform, num_classes, class_names
-        self.pipeline_name, self.run_id = pipeline_name, run_id
+        self.pipeline_name, self.run_id, self.series_uid = pipeline_name, run_id, series_uid
         self.transposed: Optional[bool] = None
         self.probed = False
 
@@ -139,6 +164,11 @@ class _DicomSegWriter:
         from medpipe.inference import dicom_seg
 
         try:
+            if os.path.isdir(image):  # a series: the mask is (Columns, Rows, Slices) as DicomSeriesReader loads it
+                rec["dicom_seg"] = str(dicom_seg.write_dicom_seg_series(
+                    mask, image, out, series_uid=self.series_uid, class_names=self.class_names,
+                    num_classes=self.num_classes, pipeline=self.pipeline_name, run_id=self.run_id))
+                return
             ds = dicom_seg.read_source(image)
             if not self.probed:
                 self.transposed = dicom_seg.loader_transposes(self.transform,
@@ -157,16 +187,18 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
                   class_names: Optional[Sequence[str]] = None, pipeline_name: str = "medpipe",
                   run_id: Optional[str] = None, *, tta: bool = False, tta_axes: Optional[Sequence[int]] = None,
                   postprocess: Optional[Dict[str, Any]] = None,
-                  probabilities: Optional[Sequence[np.ndarray]] = None,
+                  probabilities: Optional[Sequence[np.ndarray]] = None, series_uid: Optional[Sequence[str]] = None,
                   on_case: Optional[Callable[[Dict, np.ndarray, np.ndarray], Optional[Dict]]] = None) -> List[Dict]:
     """Predict every case and write ``<out_dir>/<stem>.png`` (or ``.nii.gz``).
 
     The mask is the argmax of the probabilities, post-processed by ``postprocess`` when given. With
     ``save_probabilities`` also ``<stem>_prob.npy``: float32 foreground probability ``(H, W)`` for two
-    classes, else all class probabilities ``(K, H, W)``. A case whose image is a single DICOM file (a CT/MR slice,
-    a CR/DX radiograph) also gets ``<stem>.seg.dcm``, a binary DICOM SEG with one segment per foreground class that
-    references the image (:func:`medpipe.inference.dicom_seg.write_dicom_seg`); an image a SEG cannot reference
-    (no SOP Instance UID, several frames, ...) is logged as a warning and noted in the record, its mask is kept.
+    classes, else all class probabilities ``(K, H, W)``. A NIfTI mask of a volume has the input's shape and affine
+    (:func:`write_mask`). A case whose image is a single DICOM file (a CT/MR slice, a CR/DX radiograph) or a DICOM
+    series folder also gets ``<stem>.seg.dcm``, a binary DICOM SEG with one segment per foreground class that
+    references the image, every slice of a series (:func:`medpipe.inference.dicom_seg.write_dicom_seg`,
+    :func:`~medpipe.inference.dicom_seg.write_dicom_seg_series`); an image a SEG cannot reference (no SOP Instance
+    UID, several frames, ...) is logged as a warning and noted in the record, its mask is kept.
 
     Args:
         net: network returning logits ``(1, K, *spatial)``.
@@ -188,6 +220,8 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
             ``None``.
         probabilities: ``(K, *spatial)`` probabilities already predicted for each case (same order), to write
             without predicting again.
+        series_uid: ``data.series_uid``, for DICOM series folders holding several series (the mask's reference
+            grid and the SEG's source slices).
         on_case: called as ``on_case(case, probabilities, mask)`` for every case (e.g. to score it); a dict it
             returns is merged into the case's record.
 
@@ -209,7 +243,7 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
         from tqdm import tqdm
 
         iterator = tqdm(cases, desc=f"predict {out_dir.name}", leave=False)
-    seg_writer = _DicomSegWriter(transform, num_classes, class_names, pipeline_name, run_id)
+    seg_writer = _DicomSegWriter(transform, num_classes, class_names, pipeline_name, run_id, series_uid)
     for i, case in enumerate(iterator):
         prob = (probabilities[i] if probabilities is not None
                 else predict_case(net, case, transform, inferer, device, tta=tta, tta_axes=tta_axes))
@@ -218,10 +252,10 @@ def predict_cases(net, cases: Sequence[Dict], transform, inferer, device, out_di
             mask = apply_postprocess(mask, postprocess)
         stem = _stem(case["image"])
         rec = {"image": case["image"], "mask": str(write_mask(mask, out_dir / f"{stem}{ext}", num_classes,
-                                                              case["image"]))}
+                                                              case["image"], series_uid))}
         if "label" in case:
             rec["label"] = case["label"]
-        if is_dicom_file(case["image"]):
+        if is_dicom_file(case["image"]) or is_dicom_series(case["image"]):
             seg_writer(mask, case["image"], out_dir / f"{stem}.seg.dcm", rec)
         if save_probabilities:
             p = out_dir / f"{stem}_prob.npy"

@@ -1,10 +1,12 @@
 """Evaluation metrics: segmentation (Dice, pixel accuracy, the official ISBI-2012 V-Rand / V-Info after border
-thinning and their unthinned one-threshold variants, the HD95 empty-mask rule)
+thinning and their unthinned one-threshold variants; per label for more than two classes: Dice, HD95 and average
+surface distance in mm from the voxel spacing, volumes in mm3; the empty-mask rule of the distances)
 and classification (confusion matrix, sensitivity / specificity / precision / F1, ROC AUC, Youden threshold).
 
 Modules: :mod:`~medpipe.metrics.segmentation`, :mod:`~medpipe.metrics.isbi2012` (the challenge protocol) and
 :mod:`~medpipe.metrics.classification` (numpy, scipy, scikit-image, scikit-learn; no torch),
-:mod:`~medpipe.metrics.distance` (torch), :mod:`~medpipe.metrics.arrays` (input checks). This package never imports ``medpipe.engine``, ``tracking``, ``serve`` or ``run``; the ignite / MONAI handlers that
+:mod:`~medpipe.metrics.distance` (HD95 / ASD with spacing, torch and MONAI), :mod:`~medpipe.metrics.perlabel`
+(per-class Dice, distances, volumes), :mod:`~medpipe.metrics.arrays` (input checks). This package never imports ``medpipe.engine``, ``tracking``, ``serve`` or ``run``; the ignite / MONAI handlers that
 accumulate these metrics during validation live in :mod:`medpipe.engine.metric_handlers`.
 """
 
@@ -34,7 +36,15 @@ from medpipe.metrics.intervals import (
     mean_interval,
     paired_bootstrap_difference,
 )
-from medpipe.metrics.distance import EmptyMaskScores, image_diagonal, score_empty_masks
+from medpipe.metrics.distance import (
+    EmptyMaskScores,
+    batch_spacing,
+    boundary_distances,
+    image_diagonal,
+    score_empty_masks,
+    spacing_from_affine,
+)
+from medpipe.metrics.perlabel import label_names, label_volumes, one_hot, per_label_dice, per_label_distances
 from medpipe.metrics.segmentation import (
     dice_score,
     pixel_accuracy,
@@ -63,6 +73,14 @@ __all__ = [
     "image_diagonal",
     "EmptyMaskScores",
     "score_empty_masks",
+    "batch_spacing",
+    "spacing_from_affine",
+    "boundary_distances",
+    "label_names",
+    "one_hot",
+    "per_label_dice",
+    "per_label_distances",
+    "label_volumes",
     "expected_calibration_error",
     "reliability_curve",
     "fit_temperature",

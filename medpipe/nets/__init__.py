@@ -1,4 +1,4 @@
-"""Networks: MONAI networks by name, and medpipe's own (``lenet``)."""
+"""Networks: MONAI networks by name (``basic_unet``, ``dyn_unet``, ...), and medpipe's own (``lenet``)."""
 
 from medpipe.nets.factory import NETS, build_net
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from medpipe.nets.dynunet import build_dynunet
 from medpipe.nets.init import init_weights
 from medpipe.nets.lenet import LeNet
 from medpipe.nets.pretrained import load_pretrained
@@ -35,6 +36,8 @@ def _basic_unet(cfg):
             kw[key] = tuple(kw[key])
     return BasicUNet(**kw)
 
+
+NETS.register("dyn_unet", build_dynunet)
 
 _CLASSIFIER_EXTRA = ("name", "num_classes", "in_channels", "init", "pretrained", "pretrained_sha256",
                      "pretrained_trust_pickle")
@@ -77,7 +80,8 @@ def build_net(cfg):
     """Build the network named by ``cfg.name``.
 
     Args:
-        cfg: a net config model from :mod:`medpipe.config` (e.g. ``BasicUNetNet``, ``DenseNet121Net``).
+        cfg: a net config model from :mod:`medpipe.config` (e.g. ``BasicUNetNet``, ``DynUNetNet``,
+            ``DenseNet121Net``).
             ``init`` and ``pretrained`` of classifier configs are applied by :func:`prepare_net`, not here.
 
     Returns:
@@ -85,6 +89,7 @@ def build_net(cfg):
 
     Raises:
         medpipe.registry.UnknownNameError: ``cfg.name`` is not registered (with the allowed names).
+        ValueError: a ``dyn_unet`` topology that cannot be built (:func:`medpipe.nets.dynunet.build_dynunet`).
     """
     return NETS.get(cfg.name)(cfg)
 
@@ -94,9 +99,9 @@ def prepare_net(net, cfg, *, mlflow_loader: Optional[MlflowLoader] = None):
 
     Order: :func:`medpipe.nets.init.init_weights` with ``cfg.init`` first, then
     :func:`medpipe.nets.pretrained.load_pretrained` with ``cfg.pretrained``, so that whatever the checkpoint does
-    not provide (e.g. a head for another number of classes) keeps the chosen initialisation. ``basic_unet`` has
-    ``init`` but no ``pretrained``; a config without a field skips that step. Pretrained weights are read as
-    tensors only unless the config sets ``pretrained_trust_pickle: true``.
+    not provide (e.g. a head for another number of classes) keeps the chosen initialisation. ``basic_unet`` and
+    ``dyn_unet`` have ``init`` but no ``pretrained``; a config without a field skips that step. Pretrained weights
+    are read as tensors only unless the config sets ``pretrained_trust_pickle: true``.
 
     Args:
         net: the network from :func:`build_net`.

@@ -45,6 +45,7 @@ from medpipe.workflow.data import Discovered
 from medpipe.workflow.ensemble import PREFIX as ENSEMBLE_PREFIX
 from medpipe.workflow.ensemble import ensemble_test
 from medpipe.workflow.result import RunResult
+from medpipe.workflow.seg_eval import seg_metric_columns
 from medpipe.workflow.skeleton import run_single, task_for
 
 logger = logging.getLogger("medpipe.cv")
@@ -98,6 +99,8 @@ def _table_columns(cfg: PipelineConfig, has_test: bool, metrics: Sequence[str]) 
     names = list(cfg.metrics.names or [])
     if cfg.task == "classification" and cfg.num_classes > 2:  # multi-class: macro means
         names = [f"macro_{n}" if n in ("sensitivity", "specificity", "precision", "f1") else n for n in names]
+    if cfg.task == "segmentation":  # per label with more than two classes, volumes in mm3
+        names = seg_metric_columns(names, cfg.net.out_channels, cfg.metrics.class_names)
     prefix = "test_" if has_test else "best_val_"
     cols = [prefix + n for n in names] + [f"best_val_{cfg.metrics.key_metric}", "best_epoch"]
     seen: List[str] = []

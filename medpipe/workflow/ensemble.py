@@ -32,7 +32,7 @@ from medpipe.engine.trainer import resolve_device
 from medpipe.inference.predict import predict_case
 from medpipe.metrics.intervals import add_intervals
 from medpipe.runs import load_trained
-from medpipe.workflow.seg_eval import SplitScores, case_scores, label_on_grid, summarize_split, write_per_case_csv
+from medpipe.workflow.seg_eval import SplitScores, case_scores, label_and_spacing, summarize_split, write_per_case_csv
 
 logger = logging.getLogger("medpipe.cv")
 
@@ -77,7 +77,7 @@ def _classifier_loader(cfg: PipelineConfig, cases: List[Dict], val_tf):
 def _classification(cfg: PipelineConfig, fold_dirs: Sequence[Path], fold_vals: Sequence[List[Dict]],
                     test: List[Dict], device) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """Flat metrics and section of a classifier ensemble (module docstring)."""
-    val_tf = build_transforms(cfg.transforms.val, "transforms.val")
+    val_tf = build_transforms(cfg.transforms.val, "transforms.val", series_uid=cfg.data.series_uid)
     tta = bool(cfg.infer is not None and cfg.infer.tta)
     kw = dict(amp=bool(cfg.train.amp and device.type == "cuda"), tta=tta,
               tta_axes=cfg.infer.tta_axes if tta else None)
@@ -105,14 +105,16 @@ def _classification(cfg: PipelineConfig, fold_dirs: Sequence[Path], fold_vals: S
 def _segmentation(cfg: PipelineConfig, fold_dirs: Sequence[Path], test: List[Dict], device,
                   out_dir: Path) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """Flat metrics and section of a segmentation ensemble (module docstring)."""
-    val_tf = build_transforms(cfg.transforms.val, "transforms.val")
+    val_tf = build_transforms(cfg.transforms.val, "transforms.val", series_uid=cfg.data.series_uid)
     runs = [load_trained(str(folder), device=str(device)) for folder in fold_dirs]
     tta = dict(tta=bool(cfg.infer.tta), tta_axes=cfg.infer.tta_axes)
     names, k = list(cfg.metrics.names), cfg.net.out_channels
     scores = SplitScores()
     for case in test:
         prob = np.mean([predict_case(r.net, case, r.transform, r.inferer, device, **tta) for r in runs], axis=0)
-        scores.add(case["image"], case_scores(prob, prob.argmax(0), label_on_grid(case, val_tf), names, k))
+        label, spacing = label_and_spacing(case, val_tf)
+        scores.add(case["image"], case_scores(prob, prob.argmax(0), label, names, k, spacing=spacing,
+                                              class_names=cfg.metrics.class_names))
     values, cis, columns, official = summarize_split(scores, names, cfg.metrics.intervals)
     flat = {f"{PREFIX}{n}": float(v) for n, v in values.items()}
     add_intervals(flat, cis, PREFIX)

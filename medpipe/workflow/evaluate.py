@@ -104,12 +104,12 @@ class EvaluationRun(PipelineRun):
         """The validation loader as a run builds it; the training loader (needed to build the engines, never
         run) over one batch of training cases only, uncached."""
         cfg, data = self.cfg, self.data
-        val_tf = build_transforms(cfg.transforms.val, "transforms.val")
+        val_tf = build_transforms(cfg.transforms.val, "transforms.val", series_uid=cfg.data.series_uid)
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.folder.path / "cache"
         val_ds = build_dataset(data.val, val_tf, cfg.data, cache_dir / "val", progress)
         val_loader = build_loader(val_ds, cfg.train.val_batch_size, False, cfg.data.num_workers, cfg.train.seed)
         few = data.train[: max(cfg.train.batch_size, 1)]
-        train_ds = build_dataset(few, build_transforms(cfg.transforms.train, "transforms.train"),
+        train_ds = build_dataset(few, build_transforms(cfg.transforms.train, "transforms.train", series_uid=cfg.data.series_uid),
                                  cfg.data.model_copy(update={"cache": "none"}), cache_dir / "train", False)
         return self.task.train_loader(train_ds, len(few), None), val_loader, val_tf, cache_dir
 

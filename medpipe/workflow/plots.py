@@ -1,6 +1,7 @@
 """PNG plots for a run (matplotlib, Agg).
 
-Segmentation: training curves and image / ground truth / prediction overlays. Classification: loss and accuracy
+Segmentation: training curves and image / ground truth / prediction overlays (2D; for 3D volumes the axial,
+coronal and sagittal slices through the label's centre of mass, :func:`plot_orthogonal_overlays`). Classification: loss and accuracy
 learning curves, ROC curves, confusion matrices (counts and row-normalised) and a grid of misclassified images.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 from medpipe.config import LOWER_IS_BETTER_METRICS
 
 __all__ = ["plot_history", "plot_overlays", "read_gray", "plot_learning_curves", "plot_roc", "plot_confusion",
-           "plot_misclassified", "plot_reliability"]
+           "plot_misclassified", "plot_reliability", "plot_orthogonal_overlays", "orthogonal_slices", "read_volume"]
 
 
 def _plt():
@@ -44,7 +45,7 @@ def plot_history(history: Dict[str, List], path: Path, title: str = "") -> Path:
     ax1.grid(alpha=0.3)
     va = history.get("val", [])
     names = [k for k in (va[0] if va else {}) if k != "epoch"]
-    distances = [k for k in names if k in LOWER_IS_BETTER_METRICS]  # pixels: own axis, not squashing the scores
+    distances = [k for k in names if k in LOWER_IS_BETTER_METRICS]  # mm / pixels: own axis, not squashing the scores
     for k in names:
         if k not in distances:
             ax2.plot([r["epoch"] for r in va], [r[k] for r in va], "o-", label=k)
@@ -55,8 +56,8 @@ def plot_history(history: Dict[str, List], path: Path, title: str = "") -> Path:
     if distances:
         ax3 = ax2.twinx()
         for k in distances:
-            ax3.plot([r["epoch"] for r in va], [r[k] for r in va], "s--", color="tab:gray", label=f"{k} (px)")
-        ax3.set_ylabel("distance (pixels)")
+            ax3.plot([r["epoch"] for r in va], [r[k] for r in va], "s--", color="tab:gray", label=f"{k} (mm)")
+        ax3.set_ylabel("distance (mm; pixels for PNG)")
         h3, l3 = ax3.get_legend_handles_labels()
         handles, labels = handles + h3, labels + l3
     if handles:
@@ -77,11 +78,14 @@ def read_gray(path: str) -> np.ndarray:
 def plot_overlays(records: Sequence[Dict], path: Path, max_rows: int = 4) -> Path:
     """PNG grid, one row per case: image, ground truth, prediction, and an overlay (prediction edges in red,
     ground-truth edges in green). ``records`` come from :func:`medpipe.inference.predict.predict_cases`.
+    3D masks (NIfTI volumes) are drawn by :func:`plot_orthogonal_overlays` instead (``max_rows`` cases).
     """
     from skimage.segmentation import find_boundaries
 
-    plt = _plt()
     rows = [r for r in records if "label" in r][:max_rows] or list(records)[:max_rows]
+    if rows and _is_volume_file(rows[0]["mask"]):
+        return plot_orthogonal_overlays(records, path, max_cases=min(max_rows, 3))
+    plt = _plt()
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
     for ax_row, rec in zip(axes, rows):
         img = read_gray(rec["image"]).astype(np.float32)
@@ -294,3 +298,171 @@ def plot_reliability(curves: Dict[str, Dict[str, tuple]], path: Path, n_bins: in
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+#: overlay colours of classes 1, 2, ... (matplotlib's tab10 without its grey)
+_CLASS_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.50, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
+                  (0.58, 0.40, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.74, 0.74, 0.13))
+#: anatomical view -> the axis-code letters (nibabel ``aff2axcodes``) of the axis the view's slice is taken across
+_VIEWS = (("axial", "SI"), ("coronal", "AP"), ("sagittal", "LR"))
+
+
+def _is_volume_file(path: str) -> bool:
+    """Whether ``path`` is a NIfTI file (``.nii`` / ``.nii.gz``) holding a 3D (or 4D) array."""
+    if not str(path).endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel as nib
+
+    return len(nib.load(str(path)).shape) >= 3
+
+
+def read_volume(path: str):
+    """A volume file (NIfTI, NRRD, MHA, a DICOM series folder: MONAI ``LoadImage``) in RAS orientation
+    (``Orientation(axcodes="RAS")``), so that an image and a mask written with its affine share one array order
+    whatever readers and storage orders they had.
+
+    Returns:
+        ``(*spatial)`` float32 array (the first channel of a multi-channel file) and its ``(4, 4)`` float64 affine
+        in MONAI's RAS convention.
+
+    Raises:
+        ValueError: the file is not 3D (or 3D with channels).
+    """
+    from monai.transforms import LoadImage, Orientation
+
+    img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    if img.ndim != 4:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {tuple(img.shape)}")
+    img = Orientation(axcodes="RAS")(img)
+    arr = np.asarray(img[0].detach().cpu().numpy(), dtype=np.float32)
+    return arr, np.asarray(img.affine.detach().cpu().numpy(), dtype=np.float64)
+
+
+def orthogonal_slices(label: np.ndarray, affine=None, fallback: np.ndarray = None) -> Dict[str, tuple]:
+    """The axial, coronal and sagittal slices through the centre of mass of a label.
+
+    Args:
+        label: ``(*spatial)`` 3D class indices; the centre of mass of its foreground (``> 0``,
+            ``scipy.ndimage.center_of_mass``) is used, else that of ``fallback``'s (e.g. the prediction), else the
+            volume's centre.
+        affine: ``(4, 4)`` RAS affine telling which array axis is left-right, anterior-posterior and
+            superior-inferior (``nibabel.aff2axcodes``); ``None``: the axes are R, A, S in order.
+        fallback: ``(*spatial)`` mask used when ``label`` is empty.
+
+    Returns:
+        ``{"axial": (axis, index), "coronal": (axis, index), "sagittal": (axis, index)}``: the array axis across
+        which the view is cut and the slice index on it.
+    """
+    from scipy import ndimage
+
+    codes = ("R", "A", "S") if affine is None else _axcodes(affine)
+    centre = [(s - 1) / 2 for s in label.shape]
+    for m in (label, fallback):
+        if m is not None and np.any(m > 0):
+            centre = ndimage.center_of_mass(np.asarray(m) > 0)
+            break
+    out = {}
+    for view, letters in _VIEWS:
+        axis = next(i for i, c in enumerate(codes) if c in letters)
+        out[view] = (axis, int(np.clip(round(float(centre[axis])), 0, label.shape[axis] - 1)))
+    return out
+
+
+def _axcodes(affine) -> tuple:
+    import nibabel as nib
+
+    return tuple(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+
+
+def _view_axes(axis: int, codes: tuple) -> tuple:
+    """``(vertical, horizontal)`` array axes of the view cut across ``axis``: vertical is the superior-inferior
+    axis if it is in the view, else the anterior-posterior one."""
+    rest = [i for i in range(3) if i != axis]
+    vertical = next((i for i in rest if codes[i] in "SI"), None)
+    vertical = next(i for i in rest if codes[i] in "AP") if vertical is None else vertical
+    return vertical, next(i for i in rest if i != vertical)
+
+
+def _view_slice(vol: np.ndarray, axis: int, index: int, codes: tuple) -> np.ndarray:
+    """The 2D slice ``index`` across ``axis``, rows along the vertical axis of :func:`_view_axes`, superior
+    (anterior) upwards when drawn with ``origin="lower"``."""
+    vertical, _ = _view_axes(axis, codes)
+    sl = np.take(vol, index, axis=axis)
+    if [i for i in range(3) if i != axis].index(vertical) == 1:  # rows must run along the vertical axis
+        sl = sl.T
+    return sl[::-1] if codes[vertical] in "IP" else sl
+
+
+def _blend(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(H, W)`` grey in [0, 1] with each class of ``mask`` tinted in its colour (45 % opacity)."""
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    for c in range(1, int(mask.max()) + 1 if mask.size else 1):
+        sel = mask == c
+        rgb[sel] = 0.55 * rgb[sel] + 0.45 * np.asarray(_CLASS_COLOURS[(c - 1) % len(_CLASS_COLOURS)])
+    return rgb
+
+
+def plot_orthogonal_overlays(records: Sequence[Dict], path: Path, max_cases: int = 3,
+                             class_names: Sequence[str] = None) -> Path:
+    """PNG of 3D cases: for each case the axial, coronal and sagittal slices through the centre of mass of its
+    ground truth (:func:`orthogonal_slices`; the prediction's without one), as three panels: image | ground truth
+    overlay | prediction overlay, each class in its own colour. Pixels are drawn at their physical aspect ratio
+    (the voxel spacing of the image's affine).
+
+    Args:
+        records: from :func:`medpipe.inference.predict.predict_cases`: ``{"image": path, "mask": path (NIfTI),
+            "label": path (optional)}``; labelled cases first, at most ``max_cases``.
+        path: output PNG.
+        max_cases: cases drawn.
+        class_names: ``K`` names, background first (legend); default ``class 1``, ``class 2``, ...
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: no record, a file that is not 3D, or image, ground truth and prediction of different shapes.
+    """
+    plt = _plt()
+    rows = ([r for r in records if "label" in r] + [r for r in records if "label" not in r])[:max_cases]
+    if not rows:
+        raise ValueError("plot_orthogonal_overlays: records is empty; expected predict_cases records")
+    fig, axes = plt.subplots(3 * len(rows), 3, figsize=(8.4, 2.7 * 3 * len(rows)), squeeze=False)
+    n_classes = 1
+    for i, rec in enumerate(rows):
+        img, affine = read_volume(rec["image"])
+        pred = np.rint(read_volume(rec["mask"])[0]).astype(np.int64)
+        lab = np.rint(read_volume(rec["label"])[0]).astype(np.int64) if "label" in rec else None
+        for name, arr in (("prediction", pred), ("ground truth", lab)):
+            if arr is not None and arr.shape != img.shape:
+                raise ValueError(f"{rec['image']}: {name} shape {arr.shape} differs from the image's {img.shape}")
+        n_classes = max(n_classes, int(pred.max()) + 1, int(lab.max()) + 1 if lab is not None else 1)
+        lo, hi = np.percentile(img, (1, 99))
+        gray = ((img - lo) / max(hi - lo, 1e-6)).clip(0, 1)
+        codes = _axcodes(affine)
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        cuts = orthogonal_slices(lab if lab is not None else pred, affine, pred)
+        for j, (view, (axis, index)) in enumerate(cuts.items()):
+            ax_row = axes[3 * i + j]
+            vertical, horizontal = _view_axes(axis, codes)
+            g = _view_slice(gray, axis, index, codes)
+            aspect = spacing[vertical] / spacing[horizontal]  # height / width of a pixel on screen
+            panels = [np.repeat(g[..., None], 3, -1),
+                      _blend(g, _view_slice(lab, axis, index, codes)) if lab is not None else None,
+                      _blend(g, _view_slice(pred, axis, index, codes))]
+            for ax, panel, title in zip(ax_row, panels, ("image", "ground truth", "prediction")):
+                if panel is not None:
+                    ax.imshow(panel, origin="lower", aspect=aspect, interpolation="nearest")
+                ax.set_title(f"{Path(rec['image']).name[:28]}: {view} {index}" if title == "image"
+                             else f"{title}, {view}", fontsize=8)
+                ax.axis("off")
+    from matplotlib.patches import Patch
+
+    names = list(class_names)[1:] if class_names else [f"class {c}" for c in range(1, n_classes)]
+    fig.legend(handles=[Patch(color=_CLASS_COLOURS[(c - 1) % len(_CLASS_COLOURS)], label=n)
+                        for c, n in enumerate(names, start=1)], loc="lower center", ncol=max(len(names), 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -17,8 +17,8 @@ from medpipe.inference.predict import predict_case, predict_cases
 from medpipe.inference.sliding import build_inferer
 from medpipe.metrics.intervals import add_intervals
 from medpipe.workflow.data import Discovered, PreparedData
-from medpipe.workflow.plots import plot_history, plot_overlays
-from medpipe.workflow.seg_eval import SplitScores, case_scores, label_on_grid, summarize_split, write_per_case_csv
+from medpipe.workflow.plots import plot_history, plot_orthogonal_overlays, plot_overlays
+from medpipe.workflow.seg_eval import SplitScores, case_scores, label_and_spacing, summarize_split, write_per_case_csv
 from medpipe.workflow.tasks import Outcome, RunState, Task, best_epoch
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class SegmentationTask(Task):
         n_classes = max(cfg.net.out_channels, 2)  # one output channel: a binary mask {0, 1}
         return build_expectations({"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val},
                                   {"transforms.infer": cfg.infer_transforms()}, cfg.net.in_channels, n_classes,
-                                  f"net.out_channels {cfg.net.out_channels}")
+                                  f"net.out_channels {cfg.net.out_channels}", spatial_dims=cfg.net.spatial_dims,
+                                  series_uid=cfg.data.series_uid)
 
     def _test_image_cases(self) -> List[Case]:
         """``{"image": path}`` of every ``data.test_images`` file (none without the setting)."""
@@ -100,7 +101,8 @@ class SegmentationTask(Task):
 
     def infer_transforms(self):
         """``transforms.infer`` (default: ``transforms.val`` without the ``label`` key)."""
-        return build_transforms(self.cfg.infer_transforms(), "transforms.infer")
+        return build_transforms(self.cfg.infer_transforms(), "transforms.infer",
+                                series_uid=self.cfg.data.series_uid)
 
     def finish(self, state: RunState) -> Outcome:
         """Predict validation (and the ``infer.splits``) with the best checkpoint, choose the post-processing on
@@ -110,22 +112,26 @@ class SegmentationTask(Task):
         infer_tf, inferer = self.infer_transforms(), build_inferer(cfg.infer)
         predict = dict(tta=bool(cfg.infer.tta), tta_axes=cfg.infer.tta_axes)
         val_probs = [predict_case(engines.net, c, infer_tf, inferer, engines.device, **predict) for c in data.val]
-        val_labels = [label_on_grid(c, state.val_transform) for c in data.val]
+        val_grid = [label_and_spacing(c, state.val_transform) for c in data.val]  # (label, spacing in mm)
+        val_labels = [lab for lab, _ in val_grid]
+        cls = cfg.metrics.class_names
         spec = None
         if cfg.infer.postprocess == "auto" and data.val:
             spec = choose_postprocess([(p.argmax(0), t) for p, t in zip(val_probs, val_labels)], k)
         final: Dict[str, float] = {}
         sections: Dict[str, Any] = {"postprocessing": spec} if spec is not None else {}
         val = SplitScores()
-        for case, prob, label in zip(data.val, val_probs, val_labels):
-            val.add(case["image"], case_scores(prob, apply_postprocess(prob.argmax(0), spec), label, names, k))
+        for case, prob, (label, spacing) in zip(data.val, val_probs, val_grid):
+            val.add(case["image"], case_scores(prob, apply_postprocess(prob.argmax(0), spec), label, names, k,
+                                               spacing=spacing, class_names=cls))
         self._report_split(state, "val", "best_val_", val, final, sections)
         final["best_epoch"] = float(best_epoch(state.tracker.history, cfg.metrics.key_metric))
         final["train_seconds"] = state.train_seconds
 
         write = dict(num_classes=k, output_format=cfg.infer.output_format,
                      save_probabilities=cfg.infer.save_probabilities, progress=cfg.train.progress,
-                     pipeline_name=cfg.name, run_id=state.tracker.run_id, postprocess=spec, **predict)
+                     pipeline_name=cfg.name, run_id=state.tracker.run_id, postprocess=spec,
+                     series_uid=cfg.data.series_uid, **predict)
         predictions: Dict[str, List[Dict]] = {}
         out = state.folder.predictions_dir
         if "val" in cfg.infer.splits and data.val:
@@ -137,8 +143,9 @@ class SegmentationTask(Task):
 
             def score(case: Dict, prob, mask) -> None:
                 if "label" in case:
-                    test.add(case["image"], case_scores(prob, mask, label_on_grid(case, state.val_transform),
-                                                        names, k))
+                    label, spacing = label_and_spacing(case, state.val_transform)
+                    test.add(case["image"], case_scores(prob, mask, label, names, k, spacing=spacing,
+                                                        class_names=cls))
 
             predictions["test"] = predict_cases(engines.net, data.test, infer_tf, inferer, engines.device,
                                                 out / "test", on_case=score, **write)
@@ -147,7 +154,11 @@ class SegmentationTask(Task):
         plots = state.folder.plots_dir
         plot_history(state.tracker.history, plots / "training_curves.png", title=cfg.name)
         if predictions.get("val"):
-            plot_overlays(predictions["val"], plots / "val_overlays.png")
+            if cfg.net.spatial_dims == 3:
+                plot_orthogonal_overlays(predictions["val"], plots / "val_orthogonal.png", max_cases=3,
+                                         class_names=cls)
+            else:
+                plot_overlays(predictions["val"], plots / "val_overlays.png")
         iv = cfg.metrics.intervals
         sections["intervals"] = {"n_resamples": iv.n_resamples, "confidence_level": iv.confidence_level,
                                  "seed": iv.seed, "method": "percentile bootstrap over cases (images); official "

@@ -211,8 +211,8 @@ class PipelineRun:
     def _loaders(self, progress: bool):
         """Transforms, datasets and loaders of this rank's share of the training and validation cases."""
         cfg, dist, data = self.cfg, self.dist, self.data
-        train_tf = build_transforms(cfg.transforms.train, "transforms.train")
-        val_tf = build_transforms(cfg.transforms.val, "transforms.val")
+        train_tf = build_transforms(cfg.transforms.train, "transforms.train", series_uid=cfg.data.series_uid)
+        val_tf = build_transforms(cfg.transforms.val, "transforms.val", series_uid=cfg.data.series_uid)
         if cfg.data.cache_on_device:
             train_tf, val_tf = cache_on_device(train_tf, dist.device), cache_on_device(val_tf, dist.device)
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.folder.path / "cache"

@@ -131,7 +131,8 @@ class Task:
         ``net.in_channels``) and the ``ScaleIntensityRanged`` window (:mod:`medpipe.data.expectations`)."""
         cfg = self.cfg
         return build_expectations({"transforms.train": cfg.transforms.train, "transforms.val": cfg.transforms.val},
-                                  {}, getattr(cfg.net, "in_channels", None))
+                                  {}, getattr(cfg.net, "in_channels", None),
+                                  spatial_dims=getattr(cfg.net, "spatial_dims", None), series_uid=cfg.data.series_uid)
 
     def check_files(self, cases: List[Case]) -> Tuple[List[Case], List[Dict[str, str]]]:
         """The checks every discovery ends with, before the first epoch: the readers of ``transforms.train`` /

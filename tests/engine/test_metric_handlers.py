@@ -73,3 +73,85 @@ def test_isbi_handler_equals_isbi2012_scores_over_the_run(datasets):
     m3 = ISBI2012Metric("v_rand")
     m3(y_pred=[three], y=[_onehot(labels[0])[0]])
     assert float(m3.aggregate()) == pytest.approx(M.isbi2012_scores(1 - three[0].double().numpy(), labels[0])["v_rand"])
+
+
+def _hippo_cases(datasets, spacing=(0.8, 1.2, 2.5)):
+    """Two real MSD Hippocampus labels and shifted copies as predictions, as the evaluator hands them to the
+    handlers: lists of one-hot (3, H, W, D) MetaTensors whose affine has the given spacing."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    preds, labels, raw = [], [], []
+    for n, shift in (("003", 2), ("004", -1)):
+        lab = np.asarray(nib.load(str(datasets / f"msd_hippocampus/labelsTr/hippocampus_{n}.nii.gz")).dataobj)
+        lab = lab.astype(np.int64)
+        pred = np.roll(lab, shift, axis=2)
+        raw.append((pred, lab))
+        for m, out in ((pred, preds), (lab, labels)):
+            out.append(MetaTensor(M.one_hot(m, 3)[0], affine=affine))
+    return preds, labels, raw
+
+
+def test_per_label_dice_handlers_equal_monai_dice_per_class(datasets):
+    from monai.handlers import IgniteMetricHandler
+    from monai.metrics import DiceMetric
+
+    from medpipe.engine.metric_handlers import ASDMetric, ClassDiceMetric, HD95Metric
+
+    key, extra = build_seg_metric_handlers(["dice", "hd95", "asd", "volume"], "dice", num_classes=3,
+                                           class_names=["background", "anterior", "posterior"])
+    assert list(key) == ["dice"] and sorted(extra) == ["asd", "dice_anterior", "dice_posterior", "hd95"]
+    assert isinstance(extra["asd"].metric_fn, ASDMetric) and isinstance(extra["hd95"].metric_fn, HD95Metric)
+    preds, labels, _ = _hippo_cases(datasets)
+    monai = torch.cat([DiceMetric(include_background=False, reduction="none")(p[None], t[None])
+                       for p, t in zip(preds, labels)])  # (2 cases, 2 classes); the volumes differ in size
+    for c, name in ((1, "dice_anterior"), (2, "dice_posterior")):
+        handler = extra[name]
+        assert isinstance(handler, IgniteMetricHandler) and isinstance(handler.metric_fn, ClassDiceMetric)
+        handler.metric_fn(y_pred=preds, y=labels)
+        assert float(handler.metric_fn.aggregate()) == pytest.approx(float(monai[:, c - 1].mean()), abs=1e-6)
+    # two classes: no per-class handlers; default names class_<k>
+    assert sorted(build_seg_metric_handlers(["dice", "hd95"], "dice")[1]) == ["hd95"]
+    assert "dice_class_2" in build_seg_metric_handlers(["dice"], "dice", num_classes=3)[1]
+    with pytest.raises(ValueError, match="not a score"):
+        build_seg_metric_handlers(["dice", "volume"], "volume")
+
+
+def test_distance_handlers_take_the_spacing_of_the_batch(datasets):
+    """HD95 / ASD of MetaTensor batches are in mm from their affine: equal to the per-label functions at that
+    spacing; a plain tensor (or the identity affine of a PNG) gives pixels, as before."""
+    from medpipe.engine.metric_handlers import ASDMetric, HD95Metric
+
+    spacing = (0.8, 1.2, 2.5)
+    preds, labels, raw = _hippo_cases(datasets, spacing)
+    for metric, kind in ((HD95Metric(), "hd95"), (ASDMetric(), "asd")):
+        per_image = metric(y_pred=preds, y=labels)  # the list form the ignite handler passes
+        expected = [M.per_label_distances(p, t, 3, kind, spacing) for p, t in raw]
+        assert per_image.shape == (2, 2)
+        assert per_image.numpy() == pytest.approx(np.stack(expected), abs=1e-4)
+        assert float(metric.aggregate()) == pytest.approx(float(np.mean(expected)), abs=1e-4)
+        plain = metric.__class__()(y_pred=[p.as_tensor() for p in preds], y=[t.as_tensor() for t in labels])
+        assert plain.numpy() == pytest.approx(np.stack([M.per_label_distances(p, t, 3, kind) for p, t in raw]),
+                                              abs=1e-4)
+        assert not np.allclose(plain.numpy(), per_image.numpy())
+
+
+def test_hd95_of_a_png_batch_is_in_pixels_as_before(datasets):
+    from monai.metrics import HausdorffDistanceMetric
+    from monai.transforms import EnsureChannelFirst, LoadImage
+
+    from medpipe.engine.metric_handlers import HD95Metric
+
+    label = LoadImage(image_only=True, reader="PILReader", reverse_indexing=False)(
+        str(datasets / "isbi2012_em/train/label/0.png"))
+    label = EnsureChannelFirst(channel_dim="no_channel")(label)[:, :128, :128]
+    assert M.spacing_from_affine(label.affine, 2) == (1.0, 1.0)
+    lab = (label[0].numpy() > 127).astype(np.int64)
+    pred = ndimage.binary_erosion(lab, iterations=2).astype(np.int64)
+    from monai.data import MetaTensor
+
+    y = MetaTensor(M.one_hot(lab, 2)[0], affine=label.affine)  # the PNG's (identity) affine
+    got = HD95Metric()(y_pred=[torch.as_tensor(M.one_hot(pred, 2)[0])], y=[y])
+    want = HausdorffDistanceMetric(include_background=False, percentile=95)(M.one_hot(pred, 2), M.one_hot(lab, 2))
+    assert float(got) == float(want) and float(got) > 0
