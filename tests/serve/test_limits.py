@@ -229,7 +229,8 @@ def test_prediction_past_the_time_limit_gets_503_and_frees_the_model(seg_model, 
     assert r.status_code == 503, r.text
     assert "limit of 1 s (--timeout-s)" in r.json()["detail"] and "between network windows" in r.json()["detail"]
     assert elapsed < 2.0, elapsed
-    assert model.net.calls == 2  # stopped before the third forward pass
+    # stopped before the third forward pass (on a loaded machine the first pass alone may pass the limit)
+    assert 1 <= model.net.calls <= 2
     assert not model._lock.locked() and client.get("/health").json()["in_flight"] == 0
 
 
