@@ -156,7 +156,7 @@ def evaluate_run(source: str, overrides: Optional[List[str]] = None, out_dir: Op
     """
     overrides = list(overrides or [])
     check_evaluation_overrides(overrides)
-    folder = find_run(source, tracking_uri, context="evaluate")
+    folder = find_run(source, tracking_uri, context=f"evaluate {source}")
     cfg = load_config(folder.config_file, overrides)
     if cfg.data.split.kfold is not None and cfg.data.split.fold is None:
         raise ValueError(f"{folder.path} is a whole cross-validation; evaluate one fold's folder (its fold_* runs)")
