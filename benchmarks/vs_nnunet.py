@@ -67,8 +67,13 @@ Usage::
     nice -n 10 .venv/bin/python benchmarks/vs_nnunet.py --budget-minutes 1 --nnunet-iters-per-epoch 10 \\
         --medpipe-epochs 1 --out /tmp/vs_nnunet/smoke.json
 
-``--nnunet-iters-per-epoch`` (smoke tests only) runs nnU-Net's own ``run_training_entry`` through a three-line
-wrapper that shortens the trainer's epoch; the comparison proper uses ``nnUNetv2_train`` as shipped. Timed
+``--nnunet-iters-per-epoch N`` runs nnU-Net's own ``run_training_entry`` through a three-line wrapper that shortens
+the trainer's epoch (:data:`SHORT_EPOCH`). On a CPU nnU-Net's 250-iteration epoch takes longer than a 15-minute
+budget, so a stopped ``nnUNetTrainer_5epochs`` would be cut inside its first epoch at its highest learning rate;
+``--nnunet-iters-per-epoch auto`` instead measures the seconds per iteration (:func:`calibrate_nnunet`, a few
+10-iteration epochs, then discarded) and shortens the epoch so that the trainer's whole 5-epoch poly schedule ends
+within the budget, as medpipe's ``--medpipe-epochs auto`` does for medpipe. That is the fair CPU setting; the
+shipped CLI (no option) is the fair GPU one. Timed
 benchmarks in this repository take ``flock /tmp/medpipe_timed.lock`` (docs/performance.md) so that two of them
 never share the CPU.
 """
@@ -341,6 +346,48 @@ def train_nnunet(cmd: list[str], env: dict[str, str], fold_dir: Path, log: Path,
     return {"wall_seconds": wall, "stopped_by": stopped_by, "checkpoint": ckpt.name}
 
 
+#: iterations per epoch of the calibration run of ``--nnunet-iters-per-epoch auto``
+CALIB_ITERS = 10
+
+
+def calibrate_nnunet(cmd: list[str], env: dict[str, str], fold_dir: Path, log: Path, budget_s: float,
+                     n_epochs: int) -> dict:
+    """Iterations per epoch for which nnU-Net's whole schedule fits the budget (``--nnunet-iters-per-epoch auto``).
+
+    Runs the trainer with epochs of :data:`CALIB_ITERS` training iterations (and ``CALIB_ITERS // 5`` validation
+    ones, the ratio of nnU-Net's 250 / 50) until its log shows three epoch times, then stops it. The seconds per
+    iteration ``t`` are the median of the second and third epoch over :data:`CALIB_ITERS` (the first holds start-up
+    work); the start-up ``s0`` is the wall time to the first epoch's end minus one epoch. Returns
+    ``floor((budget - s0) / (n_epochs * t))`` iterations (at least 1) with the measurements.
+
+    Raises:
+        RuntimeError: the trainer ended or ran 20 minutes without logging three epochs.
+    """
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    first_end = None
+    try:
+        while True:
+            time.sleep(1)
+            epochs = nnunet_epochs(fold_dir)
+            if epochs and first_end is None:
+                first_end = time.perf_counter() - t0
+            if len(epochs) >= 3:
+                break
+            if proc.poll() is not None or time.perf_counter() - t0 > 1200:
+                raise RuntimeError(f"nnU-Net calibration logged {len(epochs)} epochs (log {log})")
+    finally:
+        _stop(proc)
+    per_iter = (epochs[1] + epochs[2]) / 2 / CALIB_ITERS
+    startup = max(0.0, first_end - epochs[0]) if first_end is not None else 0.0
+    iters = max(1, math.floor((budget_s - startup) / (n_epochs * per_iter)))
+    print(f"[nnU-Net] calibration: {per_iter:.2f} s per iteration (validation share included), start-up "
+          f"{startup:.0f} s -> {n_epochs} epochs of {iters} iterations", flush=True)
+    return {"epoch_seconds": epochs, "seconds_per_iteration": per_iter, "startup_seconds": startup,
+            "iterations_per_epoch": iters, "log": str(log)}
+
+
 def nnunet_epochs(fold_dir: Path) -> list[float]:
     """Seconds of each completed epoch, from the ``Epoch time: X s`` lines of nnU-Net's training log."""
     times: list[float] = []
@@ -479,10 +526,18 @@ def nnunet_side(args, work: Path, cases: Sequence[dict], train: Sequence[dict], 
     plan = plan_summary(work / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json")
     write_splits(work / "nnUNet_preprocessed", train, val)
 
-    train_cmd = command("train", "nnUNetv2_train",
-                        [str(DATASET_ID), CONFIGURATION, "0", "-tr", args.nnunet_trainer, "-device", "cpu"],
-                        args.nnunet_iters_per_epoch)
+    train_args = [str(DATASET_ID), CONFIGURATION, "0", "-tr", args.nnunet_trainer, "-device", "cpu"]
     fold_dir = work / "nnUNet_results" / DATASET / f"{args.nnunet_trainer}__nnUNetPlans__{CONFIGURATION}" / "fold_0"
+    calibration = None
+    if args.nnunet_iters_per_epoch == "auto":
+        calibration = calibrate_nnunet(command("calibrate", "nnUNetv2_train", train_args, CALIB_ITERS), env,
+                                       fold_dir, work / "nnunet_calibrate.log", args.budget_minutes * 60,
+                                       args.nnunet_epochs)
+        shutil.rmtree(fold_dir.parent, ignore_errors=True)
+        args.nnunet_iters_per_epoch = calibration["iterations_per_epoch"]
+    elif args.nnunet_iters_per_epoch is not None:
+        args.nnunet_iters_per_epoch = int(args.nnunet_iters_per_epoch)
+    train_cmd = command("train", "nnUNetv2_train", train_args, args.nnunet_iters_per_epoch)
     tr = train_nnunet(train_cmd, env, fold_dir, work / "nnunet_train.log", args.budget_minutes * 60,
                       args.max_overrun_minutes * 60)
     epochs = nnunet_epochs(fold_dir)
@@ -500,7 +555,7 @@ def nnunet_side(args, work: Path, cases: Sequence[dict], train: Sequence[dict], 
     iters = args.nnunet_iters_per_epoch or NNUNET_ITERS_PER_EPOCH
     vox = len(epochs) * iters * plan["batch_size"] * math.prod(plan["patch_size"])
     return {"commands": cmds, "torchvision_shim": shim, "env": {k: env[k] for k in sorted(env) if "nnUNet" in k},
-            "plan": plan, "plan_seconds": plan_s, "train": tr, "epochs_completed": len(epochs),
+            "plan": plan, "plan_seconds": plan_s, "calibration": calibration, "train": tr, "epochs_completed": len(epochs),
             "epoch_seconds": epochs, "iterations_per_epoch": iters, "predict_seconds": pred_s,
             "train_seconds": tr["wall_seconds"], "total_seconds": plan_s + tr["wall_seconds"] + pred_s,
             "throughput_voxels_per_s": vox / sum(epochs) if epochs else None,
@@ -579,8 +634,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-overrun-minutes", type=float, default=30.0,
                    help="nnU-Net without a checkpoint at the deadline trains on until its first one, at most this")
     p.add_argument("--nnunet-trainer", default="nnUNetTrainer_5epochs", help="nnU-Net trainer class (-tr)")
-    p.add_argument("--nnunet-iters-per-epoch", type=int, default=None,
-                   help="smoke tests only: shorten nnU-Net's epoch (default: its 250 iterations, CLI as shipped)")
+    p.add_argument("--nnunet-iters-per-epoch", default=None,
+                   help="N: nnU-Net epochs of N iterations; 'auto': as many as a measured iteration time lets the "
+                        "trainer's whole schedule (5 epochs) finish within the budget; default: its 250 iterations, "
+                        "CLI as shipped, stopped at the budget")
+    p.add_argument("--nnunet-epochs", type=int, default=5,
+                   help="epochs of --nnunet-trainer's schedule (5 for nnUNetTrainer_5epochs), for 'auto' iterations")
     p.add_argument("--nnunet-disable-tta", action="store_true", help="nnUNetv2_predict --disable_tta")
     p.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1),
                    help="nnU-Net preprocessing / export processes (-np, -npfp, -npp, -nps)")

@@ -161,6 +161,9 @@ class ReportConfig(StrictModel):
     explain_samples: int = Field(8, ge=0, description="test images in the explanation grid")
     explain_layer: Optional[str] = Field(None, description="target layer of the heatmaps (a module name of the "
                                          "network, e.g. features.denseblock4); default: the last convolutional block")
+    fingerprint: Optional[str] = Field(None, description="dataset fingerprint JSON written by medpipe.plan (path "
+                                       "relative to the working directory): copied into the run folder and logged "
+                                       "to MLflow with the run")
 
 
 class InferConfig(StrictModel):

@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import time
+import shutil
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -190,8 +191,22 @@ class PipelineRun:
         problems_file = folder.write_problems(data.problems)
         if problems_file is not None:
             tracker.log_artifact(problems_file)
+        self._log_fingerprint(tracker)
         if tracker.run_id:
             folder.write_mlflow_run(tracker.run_id, tracker.experiment_id, cfg.tracking.tracking_uri)
+
+    def _log_fingerprint(self, tracker: Tracker) -> None:
+        """``report.fingerprint`` (medpipe.plan's dataset fingerprint) copied to ``fingerprint.json`` in the run
+        folder and logged; a missing file is a warning naming it (the fingerprint documents, it does not steer)."""
+        src = self.cfg.report.fingerprint
+        if not src:
+            return
+        if not Path(src).is_file():
+            logger.warning("report.fingerprint %s: no such file; the run goes on without it", src)
+            return
+        dst = self.folder.path / "fingerprint.json"
+        shutil.copyfile(src, dst)
+        tracker.log_artifact(dst)
 
     def run(self) -> RunResult:
         """Train (or continue training), then finish with the best checkpoint; see the module docstring."""
