@@ -51,11 +51,14 @@ FORBIDDEN: Dict[str, Tuple[str, ...]] = {
     "medpipe.bundle_docs": ("medpipe.engine", "medpipe.workflow", "medpipe.serve", "medpipe.export"),
     "medpipe.compare": ("medpipe.data", "medpipe.nets", "medpipe.engine", "medpipe.inference", "medpipe.workflow",
                         "medpipe.serve", "medpipe.export"),
+    # the planner uses config, data, nets and engine pieces to time real steps; it never runs a workflow
+    "medpipe.plan": ("medpipe.workflow", "medpipe.tracking", "medpipe.runs", "medpipe.serve", "medpipe.export",
+                     "medpipe.inference"),
 }
 # config checks transform names against medpipe's own transforms: a leaf module that imports only MONAI
 ALLOWED_EDGES = {("medpipe.config.transforms", "medpipe.data.custom_transforms")}
 # command-line modules: imported by nothing
-COMMAND_LINE = ("medpipe.run", "medpipe.evaluate", "medpipe.compare", "medpipe.serve.__main__",
+COMMAND_LINE = ("medpipe.run", "medpipe.evaluate", "medpipe.compare", "medpipe.serve.__main__", "medpipe.plan.__main__",
                 "medpipe.config.__main__", "medpipe.patches")
 # config and registry: no heavy import when the module is loaded
 LIGHT = ("medpipe.config", "medpipe.registry", "medpipe.paths", "medpipe.logs")

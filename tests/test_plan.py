@@ -21,7 +21,7 @@ import yaml
 from medpipe.config import load_config
 from medpipe.plan import (BudgetError, LayoutError, Timing, compute_fingerprint, detect_layout, epochs_for_budget,
                           parse_budget, plan, to_yaml)
-from medpipe.plan.planner import _cases
+from medpipe.plan.planner import split_cases_of
 from tests.subsets import link_subset, read_rows
 
 HIPPO = ("001", "003", "004", "006")
@@ -106,7 +106,7 @@ def test_errors_name_the_input(tmp_path):
 
 def _fingerprint(root, task=None):
     layout = detect_layout(root, task)
-    train, val, test, cases, classes = _cases(layout)
+    train, val, test, cases, classes = split_cases_of(layout)
     return compute_fingerprint(cases, layout.task, classes, modality=layout.modality)
 
 
@@ -233,23 +233,23 @@ def test_budget_scales_epochs_with_the_measured_step(msd_subset):
     from medpipe.plan.rules import plan_sections
 
     layout = detect_layout(msd_subset)
-    train, val, test, cases, _ = _cases(layout)
+    train, val, test, cases, _ = split_cases_of(layout)
     fp = compute_fingerprint(cases, "segmentation", modality=["MRI"])
     cfg_dict, _ = plan_sections(fp, layout)
     cfg_dict.pop("_samples_per_image")
     cfg_dict["net"]["filters"] = [4, 8, 16, 32]
     cfg = validate_config(cfg_dict)
     timings = {}
-    for delay in (0.05, 0.5):
+    for delay in (0.02, 0.2):
         timings[delay] = measure(cfg, train, val, test, n_cases=2, n_steps=2,
                                  net=_Slow(build_net(cfg.net), delay).module)
-    assert timings[0.5].step_s >= 0.5 and timings[0.05].step_s < timings[0.5].step_s
+    assert timings[0.2].step_s >= 0.2 and timings[0.02].step_s < timings[0.2].step_s
     # same run with 200 training cases: epochs fall as the measured step time grows
     big = {d: Timing(**{**t.__dict__, "n_train": 200, "steps_per_epoch": 100}) for d, t in timings.items()}
-    fast, _, _ = epochs_for_budget(big[0.05], 3600)
-    slow, _, reason = epochs_for_budget(big[0.5], 3600)
+    fast, _, _ = epochs_for_budget(big[0.02], 3600)
+    slow, _, reason = epochs_for_budget(big[0.2], 3600)
     assert slow < fast and "measured" in reason
-    ratio = (big[0.5].epoch_s() + big[0.5].validation_s()) / (big[0.05].epoch_s() + big[0.05].validation_s())
+    ratio = (big[0.2].epoch_s() + big[0.2].validation_s()) / (big[0.02].epoch_s() + big[0.02].validation_s())
     assert fast / slow == pytest.approx(ratio, rel=0.35)
 
 
@@ -290,3 +290,15 @@ def test_cli_writes_yaml_and_fingerprint(msd_subset, tmp_path, capsys):
     assert main([str(tmp_path / "missing")]) == 2
     assert "missing: no such file" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "p")
+
+
+def test_a_pipeline_yaml_keeps_its_data_and_metrics(tmp_path, em_folders):
+    """Planning from a pipeline keeps the protocol: the same files, split and metrics (so the planned run is scored
+    on the hand-written one's cases, by its key metric)."""
+    src = (Path(__file__).resolve().parent.parent / "pipelines" / "em_unet.yaml").read_text()
+    (tmp_path / "em.yaml").write_text(src.replace("root: isbi2012_em", f"root: {em_folders}"))
+    layout = detect_layout(tmp_path / "em.yaml")
+    cfg = load_config(tmp_path / "em.yaml")
+    assert layout.task == "segmentation" and layout.data["root"] == str(em_folders)
+    assert layout.data["split"] == {"val_fraction": 0.2, "seed": 0} and layout.data["images"] == cfg.data.images
+    assert layout.metrics["key_metric"] == "v_rand" and "v_info" in layout.metrics["names"]

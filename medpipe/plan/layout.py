@@ -59,6 +59,8 @@ class Layout:
         modality: imaging modality named by the data itself (MSD ``dataset.json``), else ``None``.
         label_names: label / class names named by the data itself, else ``None``.
         source: what ``DATA`` was, in words.
+        metrics: a pipeline YAML's ``metrics`` section (what is measured and how the best checkpoint is chosen is
+            part of the protocol, like the split), else ``None``.
     """
 
     task: str
@@ -67,6 +69,7 @@ class Layout:
     modality: Optional[List[str]] = None
     label_names: Optional[List[str]] = None
     source: str = ""
+    metrics: Optional[Dict] = None
 
 
 def _is_image(name: str) -> bool:
@@ -262,9 +265,10 @@ def detect_layout(source, task: Optional[str] = None, columns: Optional[Dict[str
         cfg = load_config(path)
         data = cfg.data.model_dump(mode="json", exclude_defaults=True)
         data["root"] = cfg.data.root
+        metrics = cfg.metrics.model_dump(mode="json", exclude_defaults=True)
         return Layout(cfg.task, data, {"root": f"data section of {path.name}, unchanged (files and split protocol)"},
-                      modality=None, label_names=cfg.data.classes or cfg.metrics.class_names,
-                      source=f"data section of {path}")
+                      modality=cfg.data.modality, label_names=cfg.data.classes or cfg.metrics.class_names,
+                      source=f"data section of {path}", metrics=metrics or None)
     if path.is_dir() and (path / "dataset.json").is_file():
         path = path / "dataset.json"
     if path.is_file() and path.name == "dataset.json":

@@ -18,7 +18,7 @@ from medpipe.plan.layout import Layout, detect_layout
 from medpipe.plan.rules import MIN_EPOCHS, plan_sections, size_candidates
 from medpipe.plan.yamlout import to_yaml
 
-__all__ = ["Plan", "plan", "parse_budget"]
+__all__ = ["Plan", "plan", "parse_budget", "split_cases_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def parse_budget(text: str) -> float:
     return value
 
 
-def _cases(layout: Layout):
+def split_cases_of(layout: Layout):
     """``(train, val, test, all labelled cases, class names)`` of the layout's data section, split as a run
     splits them."""
     from medpipe.config import DataConfig
@@ -76,13 +76,16 @@ def _cases(layout: Layout):
     from medpipe.data.splits import split_classification_cases, split_segmentation_cases
 
     data_cfg = DataConfig(**layout.data)
+    split = data_cfg.split
+    if split.kfold and split.fold is None:  # cross-validation: fold 0 stands for every fold's size
+        split = split.model_copy(update={"fold": 0})
     if layout.task == "classification":
         cases, classes = discover_classification_cases(data_cfg)
-        train, val, test = split_classification_cases(cases, data_cfg.split)
+        train, val, test = split_classification_cases(cases, split)
         return train, val, test, cases, classes
     cases = discover_cases(data_cfg)
     labelled = [c for c in cases if c.get("label")]
-    train, val, test = split_segmentation_cases(labelled, data_cfg.split)
+    train, val, test = split_segmentation_cases(labelled, split)
     return train, val, test, labelled, None
 
 
@@ -93,7 +96,11 @@ def _budgeted(cfg: Dict, why: Dict, train, val, test, budget_s: float, n_steps: 
     samples = cfg.pop("_samples_per_image", 1)
     draft = validate_config(cfg, "<plan>")
     timing = measure(draft, train, val, test, n_steps=n_steps, net=net, samples_per_image=samples)
-    epochs, vi, reason = epochs_for_budget(timing, budget_s)
+    split = draft.data.split
+    folds = split.kfold if split.kfold and split.fold is None else 1
+    epochs, vi, reason = epochs_for_budget(timing, budget_s / folds)
+    if folds > 1:
+        reason = f"{folds}-fold cross-validation, {budget_s / folds / 60:.1f} min per fold: " + reason
     cfg["train"]["max_epochs"], cfg["train"]["val_interval"] = epochs, vi
     why["train.max_epochs"] = reason
     why["train.val_interval"] = f"{epochs // vi} validation passes of {timing.n_val} cases"
@@ -140,7 +147,7 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
         raise RuntimeError("--device cuda: no GPU visible; the budget is timed on the device the run will use, "
                            "so plan on the GPU machine")
     layout = detect_layout(source, task, columns)
-    train, val, test, cases, classes = _cases(layout)
+    train, val, test, cases, classes = split_cases_of(layout)
     if layout.task == "classification":
         layout.label_names = classes
     fp = compute_fingerprint(cases, layout.task, classes, max_cases, modality or layout.modality)

@@ -345,6 +345,9 @@ def plan_sections(fp: Dict, layout, device: str = "cpu", name: Optional[str] = N
         body = _classification(fp, layout, device, size, why)
         batch = 16 if size >= 256 else 32
         why["train.batch_size"] = f"{batch} images of {size} px per step"
+    if layout.metrics:
+        body["metrics"] = dict(layout.metrics)
+        why["metrics.key_metric"] = "the metrics section of the pipeline the data section came from (the protocol)"
     name = name or str(data.get("root", "plan")).rstrip("/").split("/")[-1]
     cfg = {"name": name, "task": fp["task"], "data": data, **body,
            "train": {"max_epochs": 1, "batch_size": batch, "val_interval": 1, "seed": 0,
