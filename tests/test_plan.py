@@ -302,3 +302,27 @@ def test_a_pipeline_yaml_keeps_its_data_and_metrics(tmp_path, em_folders):
     assert layout.task == "segmentation" and layout.data["root"] == str(em_folders)
     assert layout.data["split"] == {"val_fraction": 0.2, "seed": 0} and layout.data["images"] == cfg.data.images
     assert layout.metrics["key_metric"] == "v_rand" and "v_info" in layout.metrics["names"]
+
+
+def test_rules_for_ct_and_anisotropic_volumes():
+    """CT: clip to the foreground percentiles then z-score with the foreground statistics (nnU-Net's
+    CTNormalization); an anisotropic set keeps its coarse axis at the 10th percentile (nnU-Net's target spacing)."""
+    from medpipe.plan.layout import Layout
+    from medpipe.plan.rules import plan_sections, target_spacing_rule
+
+    spacing, reason = target_spacing_rule({"median": [0.8, 0.8, 5.0], "p10": [0.7, 0.7, 2.5]})
+    assert spacing == [0.8, 0.8, 2.5] and "10th percentile" in reason
+    fp = {"task": "segmentation", "dimensionality": 3, "num_cases": 10, "modality": ["CT"], "splits": {},
+          "shape": {"median": [200, 200, 60]}, "channel_kinds": {"grey": 10}, "bits": None, "dtypes": ["int16"],
+          "spacing_mm": {"median": [0.8, 0.8, 5.0], "p10": [0.7, 0.7, 2.5], "min": [0.6, 0.6, 2.5],
+                         "max": [1.0, 1.0, 5.0]},
+          "intensity_foreground": {"percentile_00_5": -98.0, "percentile_99_5": 240.0, "mean": 60.5, "std": 41.2,
+                                   "min": -1024.0, "max": 3000.0},
+          "label_values": [0, 1], "foreground_fraction": 0.01}
+    cfg, why = plan_sections(fp, Layout("segmentation", {"root": "/x", "images": "i/*", "labels": "l/*"}))
+    steps = {t["name"]: t for t in cfg["transforms"]["train"]}
+    assert steps["ScaleIntensityRanged"]["a_min"] == -98.0 and steps["ScaleIntensityRanged"]["a_max"] == 240.0
+    assert steps["NormalizeIntensityd"]["subtrahend"] == 60.5 and steps["NormalizeIntensityd"]["divisor"] == 41.2
+    assert steps["Spacingd"]["pixdim"] == [0.8, 0.8, 2.5] and "CTNormalization" in why["transforms.train.normalise"]
+    assert "RandCropByPosNegLabeld" in steps  # 1 % foreground: nnU-Net's foreground oversampling
+    assert cfg["net"]["spacing"] == [0.8, 0.8, 2.5]

@@ -263,9 +263,9 @@ def detect_layout(source, task: Optional[str] = None, columns: Optional[Dict[str
         from medpipe.config import load_config
 
         cfg = load_config(path)
-        data = cfg.data.model_dump(mode="json", exclude_defaults=True)
+        data = cfg.data.model_dump(mode="json", exclude_unset=True)
         data["root"] = cfg.data.root
-        metrics = cfg.metrics.model_dump(mode="json", exclude_defaults=True)
+        metrics = cfg.metrics.model_dump(mode="json", exclude_unset=True)
         return Layout(cfg.task, data, {"root": f"data section of {path.name}, unchanged (files and split protocol)"},
                       modality=cfg.data.modality, label_names=cfg.data.classes or cfg.metrics.class_names,
                       source=f"data section of {path}", metrics=metrics or None)

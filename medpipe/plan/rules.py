@@ -241,6 +241,16 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
                          + ", per label",
         "infer.roi_size": "the training patch (nnU-Net's sliding window)",
         "infer.overlap": "nnU-Net's step 0.5 with gaussian weighting of the window centres",
+        "infer.sw_batch_size": "windows per forward pass",
+        "infer.splits": "predict validation" + (" and the test images" if layout.data.get("test_images") else ""),
+        "net.spatial_dims": f"{dim}D data",
+        "net.deep_supr_num": "heads below the main output",
+        "net.norm_name": "instance norm with a learned scale and shift (nnU-Net)",
+        "net.res_block": "plain convolution blocks (nnU-Net's default U-Net)",
+        "loss.include_background": "nnU-Net's Dice term leaves the background out (do_bg=False); CE covers it",
+        "optimizer.weight_decay": "nnU-Net's weight decay",
+        "scheduler.warmup_epochs": "one epoch from 0.1x against early instability of Adam",
+        "metrics.key_metric": "the best checkpoint is the one with the best mean validation Dice",
     })
     return {
         "transforms": {"train": load + resample + norm + lmap + crop + aug, "val": load + resample + norm + lmap},
@@ -299,6 +309,9 @@ def _classification(fp: Dict, layout, device: str, size: int, why: Dict) -> Dict
     why["loss.name"] = "cross-entropy"
     why["optimizer.name"] = "AdamW lr 1e-3 with cosine annealing and one warm-up epoch"
     why["train.grad_clip_norm"] = "gradient norm clipped at 5 against early spikes"
+    why["net.in_channels"] = f"{kind} images" + (" converted to one channel" if kind == "grey-as-rgb" else "")
+    why["net.spatial_dims"] = f"{dim}D images"
+    why["metrics.names"] = "threshold-free AUC and the threshold metrics reviewers ask for"
     return {
         "transforms": {"train": load + resize + norm + aug, "val": load + resize + norm},
         "net": {"name": "resnet18", "spatial_dims": dim, "in_channels": 3 if kind in ("rgb", "rgba") else 1,
@@ -349,6 +362,9 @@ def plan_sections(fp: Dict, layout, device: str = "cpu", name: Optional[str] = N
         body["metrics"] = dict(layout.metrics)
         why["metrics.key_metric"] = "the metrics section of the pipeline the data section came from (the protocol)"
     name = name or str(data.get("root", "plan")).rstrip("/").split("/")[-1]
+    why.setdefault("train.seed", "weights, augmentation and sampling reproducible")
+    why.setdefault("train.device", "the device timed for the budget")
+    why.setdefault("tracking.tracking_uri", "the project's default local MLflow store")
     cfg = {"name": name, "task": fp["task"], "data": data, **body,
            "train": {"max_epochs": 1, "batch_size": batch, "val_interval": 1, "seed": 0,
                      "device": "auto" if device == "cpu" else "cuda"},
