@@ -326,3 +326,15 @@ def test_rules_for_ct_and_anisotropic_volumes():
     assert steps["Spacingd"]["pixdim"] == [0.8, 0.8, 2.5] and "CTNormalization" in why["transforms.train.normalise"]
     assert "RandCropByPosNegLabeld" in steps  # 1 % foreground: nnU-Net's foreground oversampling
     assert cfg["net"]["spacing"] == [0.8, 0.8, 2.5]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "pipelines" / "planned")
+                                        .glob("*.yaml")), ids=lambda p: p.stem)
+def test_committed_plans_validate_and_say_why(path):
+    """The planned pipelines of docs/plan.md validate as committed, and their budgeted values carry a reason."""
+    cfg = load_config(path)
+    text = path.read_text()
+    assert cfg.name.endswith("_planned") and cfg.report.fingerprint
+    assert (Path(__file__).resolve().parent.parent / cfg.report.fingerprint).is_file()
+    line = [ln for ln in text.splitlines() if ln.strip().startswith("max_epochs:")][0]
+    assert "measured" in line and "budget" in line

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Plan, write the YAML and the fingerprint; returns the exit code (0 written, 2 bad input, named in one
+    line on stderr)."""
     args = _parser().parse_args(argv)
     from medpipe.config import ConfigError
     from medpipe.data.cases import DataError

@@ -76,6 +76,7 @@ class Timing:
         return START_S + self.n_cases * self.cache_s + 2 * (self.n_val + self.n_test) * self.infer_s
 
     def as_dict(self) -> Dict:
+        """The timings with the derived ``epoch_s``, ``validation_s`` and ``fixed_s`` (seconds), for JSON."""
         return {**asdict(self), "epoch_s": self.epoch_s(), "validation_s": self.validation_s(),
                 "fixed_s": self.fixed_s()}
 
@@ -173,7 +174,10 @@ def measure(cfg, train: Sequence[Dict], val: Sequence[Dict], test: Sequence[Dict
         samples.append(out)
     net = (net if net is not None else build_net(cfg.net)).to(device)
     seg = cfg.task == "segmentation"
-    loss_fn = with_deep_supervision(build_loss(cfg.loss), cfg.net) if seg else build_loss(cfg.loss)
+    # balanced class weights change the loss's values, not its cost: any weights time the same
+    weights = [1.0] * cfg.net.num_classes if (not seg and cfg.loss.class_weights == "balanced") else None
+    loss_fn = (with_deep_supervision(build_loss(cfg.loss), cfg.net) if seg
+               else build_loss(cfg.loss, class_weights=weights))
     opt = build_optimizer(cfg.optimizer, net.parameters())
     batch = _batch(samples, cfg.train.batch_size * samples_per_image)
     x, y = batch["image"].to(device), batch["label"]

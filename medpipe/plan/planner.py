@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from medpipe.plan.budget import Timing, epochs_for_budget, measure
+from medpipe.plan.budget import BudgetError, Timing, epochs_for_budget, measure
 from medpipe.plan.fingerprint import compute_fingerprint
 from medpipe.plan.layout import Layout, detect_layout
 from medpipe.plan.rules import MIN_EPOCHS, plan_sections, size_candidates
@@ -156,7 +156,13 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
         cands = size_candidates(fp["shape"]["median"])
         for i, size in enumerate(cands):
             cfg, why = plan_sections(fp, layout, device, name, size)
-            timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
+            try:
+                timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
+            except BudgetError:  # not one epoch at this size: try the next smaller one
+                tried.append({"size": size, "max_epochs": 0})
+                if i == len(cands) - 1:
+                    raise
+                continue
             tried.append({"size": size, "max_epochs": cfg["train"]["max_epochs"], "timing": timing.as_dict()})
             if cfg["train"]["max_epochs"] >= MIN_EPOCHS or i == len(cands) - 1:
                 break
