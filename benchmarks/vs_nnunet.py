@@ -356,7 +356,7 @@ def calibrate_nnunet(cmd: list[str], env: dict[str, str], fold_dir: Path, log: P
 
     Runs the trainer with epochs of :data:`CALIB_ITERS` training iterations (and ``CALIB_ITERS // 5`` validation
     ones, the ratio of nnU-Net's 250 / 50) until its log shows three epoch times, then stops it. The seconds per
-    iteration ``t`` are the median of the second and third epoch over :data:`CALIB_ITERS` (the first holds start-up
+    iteration ``t`` are the mean of the second and third epoch over :data:`CALIB_ITERS` (the first holds start-up
     work); the start-up ``s0`` is the wall time to the first epoch's end minus one epoch. Returns
     ``floor((budget - s0) / (n_epochs * t))`` iterations (at least 1) with the measurements.
 
@@ -555,7 +555,8 @@ def nnunet_side(args, work: Path, cases: Sequence[dict], train: Sequence[dict], 
     iters = args.nnunet_iters_per_epoch or NNUNET_ITERS_PER_EPOCH
     vox = len(epochs) * iters * plan["batch_size"] * math.prod(plan["patch_size"])
     return {"commands": cmds, "torchvision_shim": shim, "env": {k: env[k] for k in sorted(env) if "nnUNet" in k},
-            "plan": plan, "plan_seconds": plan_s, "calibration": calibration, "train": tr, "epochs_completed": len(epochs),
+            "plan": plan, "plan_seconds": plan_s, "calibration": calibration, "train": tr,
+            "epochs_completed": len(epochs),
             "epoch_seconds": epochs, "iterations_per_epoch": iters, "predict_seconds": pred_s,
             "train_seconds": tr["wall_seconds"], "total_seconds": plan_s + tr["wall_seconds"] + pred_s,
             "throughput_voxels_per_s": vox / sum(epochs) if epochs else None,

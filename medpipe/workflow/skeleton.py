@@ -18,8 +18,8 @@ import errno
 import functools
 import json
 import logging
-import time
 import shutil
+import time
 from pathlib import Path
 from typing import Dict, Optional
 
