@@ -167,8 +167,9 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
             if cfg["train"]["max_epochs"] >= MIN_EPOCHS or i == len(cands) - 1:
                 break
         sizes = ", ".join(f"{t['size']} px: {t['max_epochs']} epochs" for t in tried)
+        median = "x".join(f"{s:g}" for s in fp["shape"]["median"])
         why["transforms.train.resize"] = (f"the largest input size that trains >= {MIN_EPOCHS} epochs in the budget "
-                                          f"({sizes}; median image {'x'.join(f'{s:g}' for s in fp['shape']['median'])})")
+                                          f"({sizes}; median image {median})")
     else:
         cfg, why = plan_sections(fp, layout, device, name)
         timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
