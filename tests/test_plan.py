@@ -338,3 +338,29 @@ def test_committed_plans_validate_and_say_why(path):
     assert (Path(__file__).resolve().parent.parent / cfg.report.fingerprint).is_file()
     line = [ln for ln in text.splitlines() if ln.strip().startswith("max_epochs:")][0]
     assert "measured" in line and "budget" in line
+
+
+def test_classification_size_falls_through_sizes_the_budget_cannot_train(class_folders, monkeypatch):
+    """Candidate input sizes are timed from the largest; a size that fits no epoch (BudgetError) or fewer than
+    MIN_EPOCHS is passed over for the next smaller one. The timing is replaced by one proportional to the pixels
+    (no network runs here), so the choice is exact: 224 px fits no epoch, 192 too few, 160 enough."""
+    import medpipe.plan.planner as planner_mod
+
+    def fake_measure(cfg, train, val, test, n_steps=3, net=None, samples_per_image=1):
+        side = [t for t in cfg.transforms.train if t.name == "Resized"][0].model_extra["spatial_size"][0]
+        step = 0.02 * (side / 32) ** 2  # 224 px: 0.98 s, 192: 0.72 s, 160: 0.5 s per step
+        return Timing(cache_s=0.0, augment_s=0.0, step_s=step * 100, infer_s=0.0, steps_per_epoch=1,
+                      n_cases=len(train) + len(val) + len(test), n_train=len(train), n_val=len(val),
+                      n_test=len(test))
+
+    monkeypatch.setattr(planner_mod, "measure", fake_measure)
+    # budget 30 s start-up + 600 s: 224 px = 98 s/epoch -> 6 epochs; 192 px = 72 s -> 8; 160 px = 50 s -> 12
+    p = plan(class_folders, budget_s=630.0)
+    assert [t["size"] for t in p.tried] == [224, 192, 160]
+    assert [t["max_epochs"] for t in p.tried] == [6, 8, 12] and p.config.train.max_epochs == 12
+    assert "160 px: 12 epochs" in p.why["transforms.train.resize"]
+    # 80 s: no epoch at 224 or 192 (98, 72 s + 30 s start-up), 160 px fits one
+    p = plan(class_folders, budget_s=85.0)
+    assert [t["max_epochs"] for t in p.tried][:2] == [0, 0] and p.tried[2]["size"] == 160
+    with pytest.raises(BudgetError, match="does not fit one epoch"):
+        plan(class_folders, budget_s=31.0)
