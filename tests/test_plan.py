@@ -364,3 +364,28 @@ def test_classification_size_falls_through_sizes_the_budget_cannot_train(class_f
     assert [t["max_epochs"] for t in p.tried][:2] == [0, 0] and p.tried[2]["size"] == 160
     with pytest.raises(BudgetError, match="does not fit one epoch"):
         plan(class_folders, budget_s=31.0)
+
+
+def test_unreadable_or_nonfinite_files_are_named(tmp_path, msd_subset, em_folders):
+    """A truncated image or a volume with NaN is listed in the fingerprint and stops the plan with a DataError naming
+    the file, before any timing reads it."""
+    import nibabel as nib
+
+    from medpipe.data.cases import DataError
+
+    vol = msd_subset / "imagesTr" / "hippocampus_003.nii.gz"
+    img = nib.load(vol)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[10, 10, 10] = np.nan
+    vol.unlink()
+    nib.save(nib.Nifti1Image(data, img.affine), vol)
+    fp = _fingerprint(msd_subset)
+    assert fp["bad_files"] == [{"file": str(vol), "error": "1 NaN or infinite values"}] and fp["num_read"] == 3
+    with pytest.raises(DataError, match="hippocampus_003.nii.gz: 1 NaN"):
+        plan(msd_subset)
+    png = tmp_path / "em" / "train" / "image" / "0.png"
+    data = png.read_bytes()
+    png.unlink()
+    png.write_bytes(data[:3000])
+    with pytest.raises(DataError, match=r"0.png.*truncated"):
+        plan(tmp_path / "em")

@@ -167,7 +167,8 @@ def compute_fingerprint(cases: Sequence[dict], task: str, class_names: Optional[
         classification: mean, std, min, max, percentiles 0.5 / 50 / 99.5), segmentation ``label_values``,
         ``label_fraction``, ``foreground_fraction``, ``objects``; classification ``class_counts``,
         ``imbalance`` (largest / smallest class), ``groups``; ``splits`` (counts of predefined splits) and
-        ``bad_files`` (``{"file", "error"}``, never raised).
+        ``bad_files`` (``{"file", "error"}``: unreadable, truncated, or holding NaN / infinite values; never raised,
+        left out of the statistics).
 
     Raises:
         ValueError: no case could be read (the first errors are in the message).
@@ -183,6 +184,9 @@ def compute_fingerprint(cases: Sequence[dict], task: str, class_names: Optional[
         try:
             img = read_image(c["image"])
             lab = read_image(c["label"]) if task == "segmentation" and isinstance(c.get("label"), str) else None
+            if img.nonfinite():
+                bad.append({"file": c["image"], "error": f"{img.nonfinite()} NaN or infinite values"})
+                continue
             records.append(_case_images(img, lab, task, rng))
         except (DataError, OSError, ValueError) as exc:
             bad.append({"file": c["image"], "error": str(exc).splitlines()[0]})

@@ -135,6 +135,7 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
 
     Raises:
         LayoutError, FileNotFoundError: ``source`` not understood / missing.
+        medpipe.data.cases.DataError: a file read for the fingerprint is unreadable (names the files).
         BudgetError: the budget fits no epoch.
         RuntimeError: ``device`` is ``cuda`` and no GPU is visible (the budget must be timed on the device).
         medpipe.config.ConfigError: a planned pipeline does not validate (a bug: please report it).
@@ -151,6 +152,13 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
     if layout.task == "classification":
         layout.label_names = classes
     fp = compute_fingerprint(cases, layout.task, classes, max_cases, modality or layout.modality)
+    if fp["bad_files"]:  # the timing would read them too: name them now rather than fail inside a transform
+        from medpipe.data.cases import DataError
+
+        shown = "; ".join(b["error"] if b["file"] in b["error"] else f"{b['file']}: {b['error']}"
+                          for b in fp["bad_files"][:3])
+        raise DataError(f"{len(fp['bad_files'])} of the {fp['num_read'] + len(fp['bad_files'])} files read for the "
+                        f"fingerprint cannot be read ({shown}); repair or remove them, then plan again")
     tried: List[Dict] = []
     if layout.task == "classification":
         cands = size_candidates(fp["shape"]["median"])
