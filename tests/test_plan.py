@@ -236,7 +236,6 @@ def test_budget_scales_epochs_with_the_measured_step(msd_subset):
     train, val, test, cases, _ = split_cases_of(layout)
     fp = compute_fingerprint(cases, "segmentation", modality=["MRI"])
     cfg_dict, _ = plan_sections(fp, layout)
-    cfg_dict.pop("_samples_per_image")
     cfg_dict["net"]["filters"] = [4, 8, 16, 32]
     cfg = validate_config(cfg_dict)
     timings = {}
@@ -346,7 +345,7 @@ def test_classification_size_falls_through_sizes_the_budget_cannot_train(class_f
     (no network runs here), so the choice is exact: 224 px fits no epoch, 192 too few, 160 enough."""
     import medpipe.plan.planner as planner_mod
 
-    def fake_measure(cfg, train, val, test, n_steps=3, net=None, samples_per_image=1):
+    def fake_measure(cfg, train, val, test, n_steps=3, net=None):
         side = [t for t in cfg.transforms.train if t.name == "Resized"][0].model_extra["spatial_size"][0]
         step = 0.02 * (side / 32) ** 2  # 224 px: 0.98 s, 192: 0.72 s, 160: 0.5 s per step
         return Timing(cache_s=0.0, augment_s=0.0, step_s=step * 100, infer_s=0.0, steps_per_epoch=1,

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Timing", "measure", "epochs_for_budget", "BudgetError", "START_S", "MAX_VALIDATIONS"]
+__all__ = ["Timing", "measure", "samples_per_case", "epochs_for_budget", "BudgetError", "START_S", "MAX_VALIDATIONS"]
 
 #: seconds of a run before its first epoch besides loading data: imports, MLflow run, integrity check of a few
 #: hundred files (measured 20-40 s for the shipped pipelines on the 2-core CPU, docs/plan.md)
@@ -140,8 +140,15 @@ def _batch(samples: List[Dict], n: int):
     return list_data_collate([flat[i % len(flat)] for i in range(n)])
 
 
+def samples_per_case(cfg) -> int:
+    """Training patches drawn per case per epoch: the ``num_samples`` of the training chain's crop (1 without)."""
+    counts = [int(t.model_extra["num_samples"]) for t in cfg.transforms.train
+              if (t.model_extra or {}).get("num_samples")]
+    return counts[-1] if counts else 1
+
+
 def measure(cfg, train: Sequence[Dict], val: Sequence[Dict], test: Sequence[Dict] = (), n_cases: int = 4,
-            n_steps: int = 3, net=None, samples_per_image: int = 1) -> Timing:
+            n_steps: int = 3, net=None) -> Timing:
     """Time real work of the run ``cfg`` on ``n_cases`` of its cases (module docstring).
 
     Args:
@@ -150,7 +157,6 @@ def measure(cfg, train: Sequence[Dict], val: Sequence[Dict], test: Sequence[Dict
         n_cases: training and validation cases timed.
         n_steps: timed optimizer steps (after one warm-up step).
         net: a network to time instead of the config's (tests: a deliberately slow one).
-        samples_per_image: patches per training case (``num_samples`` of the crop).
 
     Returns:
         The :class:`Timing`.
@@ -179,7 +185,7 @@ def measure(cfg, train: Sequence[Dict], val: Sequence[Dict], test: Sequence[Dict
     loss_fn = (with_deep_supervision(build_loss(cfg.loss), cfg.net) if seg
                else build_loss(cfg.loss, class_weights=weights))
     opt = build_optimizer(cfg.optimizer, net.parameters())
-    batch = _batch(samples, cfg.train.batch_size * samples_per_image)
+    batch = _batch(samples, cfg.train.batch_size * samples_per_case(cfg))
     x, y = batch["image"].to(device), batch["label"]
     y = (torch.as_tensor(y) if not seg else y).to(device)
     net.train()

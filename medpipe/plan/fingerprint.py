@@ -20,15 +20,18 @@ import numpy as np
 
 __all__ = ["compute_fingerprint", "FOREGROUND_SAMPLES"]
 
-#: foreground intensities sampled per case (nnU-Net's ``num_foreground_samples_per_case``... 10e3 over all cases
-#: divided by the case count; here a fixed number per sampled case)
+#: foreground intensities sampled per case (nnU-Net v2 spreads 10^7 samples over the cases; here a fixed number per
+#: read case, the statistics being medians and percentiles of their union)
 FOREGROUND_SAMPLES = 10_000
 
 
 def _spacing(img) -> Optional[List[float]]:
+    """Voxel spacing (mm) of a volume from its affine (MONAI's ``affine_to_spacing``), ``None`` without one."""
     if img.affine is None:
         return None
-    return [round(float(v), 6) for v in np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)][: len(img.shape)]
+    from monai.data.utils import affine_to_spacing
+
+    return [round(float(v), 6) for v in affine_to_spacing(np.asarray(img.affine), r=len(img.shape))]
 
 
 def _channel_kind(img) -> str:

@@ -93,9 +93,8 @@ def _budgeted(cfg: Dict, why: Dict, train, val, test, budget_s: float, n_steps: 
     """Validate the draft, time it, set epochs / val_interval / warm-up; returns (PipelineConfig, Timing)."""
     from medpipe.config import validate_config
 
-    samples = cfg.pop("_samples_per_image", 1)
     draft = validate_config(cfg, "<plan>")
-    timing = measure(draft, train, val, test, n_steps=n_steps, net=net, samples_per_image=samples)
+    timing = measure(draft, train, val, test, n_steps=n_steps, net=net)
     split = draft.data.split
     folds = split.kfold if split.kfold and split.fold is None else 1
     epochs, vi, reason = epochs_for_budget(timing, budget_s / folds)
@@ -106,7 +105,6 @@ def _budgeted(cfg: Dict, why: Dict, train, val, test, budget_s: float, n_steps: 
     why["train.val_interval"] = f"{epochs // vi} validation passes of {timing.n_val} cases"
     if epochs < 4:
         cfg["scheduler"].pop("warmup_epochs", None)
-    cfg["_samples_per_image"] = samples
     return timing
 
 
@@ -181,7 +179,6 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
     else:
         cfg, why = plan_sections(fp, layout, device, name)
         timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
-    cfg.pop("_samples_per_image", None)
     if fingerprint_path:
         cfg["report"] = {"fingerprint": str(fingerprint_path)}
         why["report.fingerprint"] = "this plan's dataset fingerprint, logged with the run"

@@ -81,8 +81,6 @@ def patch_size_rule(median_shape: Sequence[float], spacing: Optional[Sequence[fl
     Returns:
         ``(patch_size, reason)``; shapes in voxels ``(H, W[, D])``.
     """
-    from medpipe.nets.dynunet import nnunet_topology
-
     med = [max(8, int(round(s))) for s in median_shape]
     patch, div = _round_patch(med, spacing)
     while math.prod(patch) > max_voxels:
@@ -161,7 +159,7 @@ def _label_map(fp: Dict, why: Dict, where: str) -> List[Dict]:
 
 
 def _seg_spatial(fp: Dict, device: str, why: Dict) -> Tuple[List[int], Optional[List[float]], List[Dict], int]:
-    """Resampling, patch and crop transforms of a segmentation plan; returns (patch, spacing, transforms, samples)."""
+    """Resampling, patch and crop transforms of a segmentation plan; returns (patch, spacing, transforms)."""
     dim = fp["dimensionality"]
     spacing, pre = None, []
     median = list(fp["shape"]["median"])
@@ -179,7 +177,6 @@ def _seg_spatial(fp: Dict, device: str, why: Dict) -> Tuple[List[int], Optional[
     patch, why["net.patch_size"] = patch_size_rule(median, spacing, PATCH_VOXELS[(device, dim)])
     keys = ["image", "label"]
     crop: List[Dict] = [{"name": "SpatialPadd", "keys": keys, "spatial_size": patch}]
-    n_samples = 1
     ratio = math.prod(median) / math.prod(patch)
     fg = fp.get("foreground_fraction") or 0.0
     if ratio <= 1.0:
@@ -197,7 +194,7 @@ def _seg_spatial(fp: Dict, device: str, why: Dict) -> Tuple[List[int], Optional[
                      "random_size": False})
         why["transforms.train.crop"] = (f"the median image holds {ratio:.1f} patches: {n_samples} random patches per "
                                         f"image per epoch (foreground {fg:.0%}: no foreground sampling needed)")
-    return patch, spacing, pre + crop, n_samples
+    return patch, spacing, pre + crop
 
 
 def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
@@ -207,7 +204,7 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
     load = _load(dim, kind, keys)
     norm = _normalise(fp, dim, why, "transforms.train.normalise")
     lmap = _label_map(fp, why, "transforms.train.labels")
-    patch, spacing, spatial, n_samples = _seg_spatial(fp, device, why)
+    patch, spacing, spatial = _seg_spatial(fp, device, why)
     resample = [t for t in spatial if t["name"] == "Spacingd"]
     crop = [t for t in spatial if t["name"] != "Spacingd"]
     aug = [{"name": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": a} for a in range(dim)]
@@ -267,7 +264,6 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
                   "splits": ["val"] + (["test"] if layout.data.get("test_images") or fp["splits"].get("test")
                                        else []),
                   **({"output_format": "nifti"} if dim == 3 else {})},
-        "_samples_per_image": n_samples,
     }
 
 
@@ -320,7 +316,6 @@ def _classification(fp: Dict, layout, device: str, size: int, why: Dict) -> Dict
         "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 1.0e-4},
         "scheduler": {"name": "cosine", "warmup_epochs": 1},
         "metrics": metrics,
-        "_samples_per_image": 1,
     }
 
 
@@ -337,8 +332,7 @@ def plan_sections(fp: Dict, layout, device: str = "cpu", name: Optional[str] = N
 
     Returns:
         ``(config dict, why)``: the pipeline as plain data with ``train.max_epochs`` 1 and the device's default
-        batch (the budget replaces them) and a ``_samples_per_image`` entry the budget reads and removes;
-        ``why`` maps dotted keys to reasons.
+        batch (the budget replaces them); ``why`` maps dotted keys to reasons.
     """
     why: Dict[str, str] = {}
     dim = fp["dimensionality"]

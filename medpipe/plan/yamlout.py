@@ -31,11 +31,9 @@ def transform_group(name: str) -> Optional[str]:
 
 
 def _flow(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10 ** 9)
-    text = text.strip()
-    if text.endswith("\n..."):
-        text = text[: -4].strip()
-    return text[:-4].strip() if text.endswith("...") else text
+    """One value as a single flow-style YAML line (a scalar's document-end marker ``...`` removed)."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10 ** 9).strip()
+    return text[:-3].strip() if text.endswith("...") else text
 
 
 def _line(indent: int, text: str, comment: Optional[str]) -> str:
