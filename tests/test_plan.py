@@ -388,3 +388,67 @@ def test_unreadable_or_nonfinite_files_are_named(tmp_path, msd_subset, em_folder
     png.write_bytes(data[:3000])
     with pytest.raises(DataError, match=r"0.png.*truncated"):
         plan(tmp_path / "em")
+
+
+def _fake_timing(step_s):
+    def fake_measure(cfg, train, val, test, n_steps=3, net=None):
+        return Timing(cache_s=0.0, augment_s=0.0, step_s=step_s(cfg), infer_s=0.0, steps_per_epoch=10,
+                      n_cases=len(train) + len(val) + len(test), n_train=len(train), n_val=len(val),
+                      n_test=len(test))
+    return fake_measure
+
+
+def test_segmentation_network_follows_the_budget(em_folders, monkeypatch):
+    """nnU-Net's 7-stage 2D topology is kept when the budget trains it for MIN_SEG_STEPS optimizer steps; below, the
+    timed compact network (5 stages, widths to 128) is taken because it trains more steps. The timing is replaced
+    (no network runs): nnU-Net's 1.0 s per step, the compact one 0.25 s, 10 steps per epoch."""
+    import medpipe.plan.planner as planner_mod
+    from medpipe.plan.rules import COMPACT_CAP, MIN_SEG_STEPS
+
+    monkeypatch.setattr(planner_mod, "measure", _fake_timing(lambda cfg: 0.25 if cfg.net.strides else 1.0))
+    p = plan(em_folders, budget_s=30 + 1.3 * MIN_SEG_STEPS)  # nnU-Net's topology: >= MIN_SEG_STEPS
+    assert p.config.net.strides is None and len(p.config.net.filters) == 7
+    assert [t["network"] for t in p.tried] == ["nnU-Net topology"] and p.tried[0]["optimizer_steps"] >= MIN_SEG_STEPS
+    p = plan(em_folders, budget_s=30 + 330)  # nnU-Net's: about 300 steps; the compact network 4x as many
+    full, compact = [t["optimizer_steps"] for t in p.tried]
+    assert full < MIN_SEG_STEPS and 3.5 * full <= compact <= 4 * full
+    assert p.config.net.filters == [16, 32, 64, 128, COMPACT_CAP] and len(p.config.net.strides) == 5
+    assert p.config.train.max_epochs * 10 == compact and f"{full} steps, this one {compact}" in p.yaml
+
+
+def test_tiny_images_get_a_small_network_not_a_smaller_size(idc_list, monkeypatch):
+    """IDC's 50 px patches: when ResNet-18 trains fewer than MIN_EPOCHS at their own size (48 px), LeNet at 48 px is
+    taken before any downscaling (timing replaced: ResNet-18 10 s per step, LeNet 0.1 s)."""
+    import medpipe.plan.planner as planner_mod
+
+    monkeypatch.setattr(planner_mod, "measure", _fake_timing(lambda cfg: 0.1 if cfg.net.name == "lenet" else 10.0))
+    p = plan(idc_list / "labels.csv", budget_s=330.0)  # ResNet-18: 100 s per epoch -> 3; LeNet: 1 s -> 300
+    assert [t["network"] for t in p.tried] == ["ResNet-18 48 px", "LeNet 48 px"]
+    assert p.config.net.name == "lenet" and p.config.net.input_size == 48 and p.config.train.max_epochs >= 10
+    resized = [t for t in p.config.transforms.train if t.name == "Resized"][0].model_extra
+    assert resized["spatial_size"] == [48, 48] and "LeNet" in p.yaml
+
+
+def test_augmentation_and_dice_background_follow_the_labels():
+    """Many small objects (EM cells, label 0 = membranes on 22 % of the pixels): mirroring, 90-degree rotations, and
+    label 0 in the Dice term. Two large objects per image (lungs): no mirroring, small affine transforms, label 0 left
+    out (nnU-Net). 3D keeps nnU-Net's mirroring."""
+    from medpipe.plan.layout import Layout
+    from medpipe.plan.rules import plan_sections
+
+    def fp(dim, fg, objects):
+        return {"task": "segmentation", "dimensionality": dim, "num_cases": 30, "modality": None, "splits": {},
+                "shape": {"median": [256] * dim}, "channel_kinds": {"grey": 30}, "bits": [8], "dtypes": ["uint8"],
+                "intensity_foreground": {"min": 0.0, "max": 255.0}, "label_values": [0, 255],
+                "foreground_fraction": fg, "objects": {"255": {"objects_per_case_median": objects}}}
+
+    layout = Layout("segmentation", {"root": "/x", "images": "i/*", "labels": "l/*"})
+    names = lambda cfg: [t["name"] for t in cfg["transforms"]["train"]]  # noqa: E731
+    cells, why = plan_sections(fp(2, 0.78, 113.5), layout)
+    assert {"RandFlipd", "RandRotate90d"} <= set(names(cells)) and cells["loss"]["include_background"] is True
+    assert "22%" in why["loss.include_background"]
+    lungs, why = plan_sections(fp(2, 0.23, 2.0), layout)
+    assert "RandFlipd" not in names(lungs) and "RandAffined" in names(lungs)
+    assert lungs["loss"]["include_background"] is False and "anatomical" in why["transforms.train.augment"]
+    vol, _ = plan_sections(fp(3, 0.05, 2.0), layout)
+    assert names(vol).count("RandFlipd") == 3 and "RandAffined" not in names(vol)

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 from medpipe.plan.budget import BudgetError, Timing, epochs_for_budget, measure
 from medpipe.plan.fingerprint import compute_fingerprint
 from medpipe.plan.layout import Layout, detect_layout
-from medpipe.plan.rules import MIN_EPOCHS, plan_sections, size_candidates
+from medpipe.plan.rules import MIN_EPOCHS, MIN_SEG_STEPS, TINY_SIDE, plan_sections, size_candidates
 from medpipe.plan.yamlout import to_yaml
 
 __all__ = ["Plan", "plan", "parse_budget", "split_cases_of"]
@@ -34,7 +34,8 @@ class Plan:
         why: dotted key -> reason.
         yaml: the commented YAML text (validates to ``config``).
         timing: the :class:`~medpipe.plan.budget.Timing` the epochs were chosen from.
-        tried: classification input sizes timed: ``{"size", "max_epochs"}`` each.
+        tried: candidates timed: classification input sizes (``{"size", "max_epochs"}``), segmentation
+            networks (``{"network", "optimizer_steps"}``).
     """
 
     fingerprint: Dict
@@ -108,6 +109,63 @@ def _budgeted(cfg: Dict, why: Dict, train, val, test, budget_s: float, n_steps: 
     return timing
 
 
+def _plan_classification(fp, layout, device, name, train, val, test, budget_s, n_steps, net):
+    """The largest input size at which ResNet-18 trains >= MIN_EPOCHS (timed, from the largest); for tiny images
+    (median side <= TINY_SIDE) LeNet at their own size before any downscaling. Returns (cfg, why, timing, tried)."""
+    cands = [(size, False) for size in size_candidates(fp["shape"]["median"])]
+    if min(fp["shape"]["median"]) <= TINY_SIDE and net is None:
+        cands.insert(1, (cands[0][0], True))
+    tried: List[Dict] = []
+    for i, (size, small) in enumerate(cands):
+        cfg, why = plan_sections(fp, layout, device, name, size, small_net=small)
+        label = f"{'LeNet' if small else 'ResNet-18'} {size} px"
+        try:
+            timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
+        except BudgetError:  # not one epoch at this size: try the next smaller one
+            tried.append({"size": size, "network": label, "max_epochs": 0})
+            if i == len(cands) - 1:
+                raise
+            continue
+        tried.append({"size": size, "network": label, "max_epochs": cfg["train"]["max_epochs"],
+                      "timing": timing.as_dict()})
+        if cfg["train"]["max_epochs"] >= MIN_EPOCHS or i == len(cands) - 1:
+            break
+    sizes = ", ".join(f"{t['network']}: {t['max_epochs']} epochs" for t in tried)
+    median = "x".join(f"{s:g}" for s in fp["shape"]["median"])
+    why["transforms.train.resize"] = (f"the largest input size that trains >= {MIN_EPOCHS} epochs in the budget "
+                                      f"({sizes}; median image {median})")
+    return cfg, why, timing, tried
+
+
+def _plan_segmentation(fp, layout, device, name, train, val, test, budget_s, n_steps, net):
+    """nnU-Net's topology when the budget trains it for >= MIN_SEG_STEPS optimizer steps, else the compact network
+    when it trains more steps (both timed); returns (cfg, why, timing, tried)."""
+    cfg, why = plan_sections(fp, layout, device, name)
+    try:
+        timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
+        steps = cfg["train"]["max_epochs"] * timing.steps_per_epoch
+    except BudgetError:
+        timing, steps = None, 0
+    tried = [{"network": "nnU-Net topology", "optimizer_steps": steps}]
+    if steps >= MIN_SEG_STEPS or net is not None:
+        if timing is None:
+            raise BudgetError(f"the budget of {budget_s:.0f} s fits no epoch")
+        return cfg, why, timing, tried
+    cfg2, why2 = plan_sections(fp, layout, device, name, compact=True)
+    try:
+        timing2 = _budgeted(cfg2, why2, train, val, test, budget_s, n_steps, net)
+    except BudgetError:
+        if timing is None:
+            raise
+        return cfg, why, timing, tried
+    steps2 = cfg2["train"]["max_epochs"] * timing2.steps_per_epoch
+    tried.append({"network": "compact", "optimizer_steps": steps2})
+    if timing is not None and steps2 <= steps:
+        return cfg, why, timing, tried
+    why2["net.filters"] += f" (timed: nnU-Net's topology {steps} steps, this one {steps2})"
+    return cfg2, why2, timing2, tried
+
+
 def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: str = "cpu",
          name: Optional[str] = None, columns: Optional[Dict[str, str]] = None, max_cases: int = 200,
          modality: Optional[Sequence[str]] = None, n_steps: int = 3, net=None, command: str = "",
@@ -159,26 +217,11 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
                         f"fingerprint cannot be read ({shown}); repair or remove them, then plan again")
     tried: List[Dict] = []
     if layout.task == "classification":
-        cands = size_candidates(fp["shape"]["median"])
-        for i, size in enumerate(cands):
-            cfg, why = plan_sections(fp, layout, device, name, size)
-            try:
-                timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
-            except BudgetError:  # not one epoch at this size: try the next smaller one
-                tried.append({"size": size, "max_epochs": 0})
-                if i == len(cands) - 1:
-                    raise
-                continue
-            tried.append({"size": size, "max_epochs": cfg["train"]["max_epochs"], "timing": timing.as_dict()})
-            if cfg["train"]["max_epochs"] >= MIN_EPOCHS or i == len(cands) - 1:
-                break
-        sizes = ", ".join(f"{t['size']} px: {t['max_epochs']} epochs" for t in tried)
-        median = "x".join(f"{s:g}" for s in fp["shape"]["median"])
-        why["transforms.train.resize"] = (f"the largest input size that trains >= {MIN_EPOCHS} epochs in the budget "
-                                          f"({sizes}; median image {median})")
+        cfg, why, timing, tried = _plan_classification(fp, layout, device, name, train, val, test, budget_s,
+                                                       n_steps, net)
     else:
-        cfg, why = plan_sections(fp, layout, device, name)
-        timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
+        cfg, why, timing, tried = _plan_segmentation(fp, layout, device, name, train, val, test, budget_s, n_steps,
+                                                     net)
     if fingerprint_path:
         cfg["report"] = {"fingerprint": str(fingerprint_path)}
         why["report.fingerprint"] = "this plan's dataset fingerprint, logged with the run"

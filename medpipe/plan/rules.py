@@ -30,7 +30,7 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["plan_sections", "patch_size_rule", "target_spacing_rule", "size_candidates", "MIN_EPOCHS",
-           "PATCH_VOXELS"]
+           "MIN_SEG_STEPS", "PATCH_VOXELS"]
 
 #: largest training patch per sample, voxels, per (device, dimensionality): nnU-Net sizes its patch to GPU
 #: memory (a 128^3 3D / 512^2 2D patch fits 10 GB with its default network); on a CPU time is the limit, and
@@ -38,6 +38,18 @@ __all__ = ["plan_sections", "patch_size_rule", "target_spacing_rule", "size_cand
 PATCH_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 64 ** 3, ("cuda", 2): 512 * 512, ("cuda", 3): 128 ** 3}
 #: classification: the input size is the largest candidate that trains this many epochs within the budget
 MIN_EPOCHS = 10
+#: segmentation: nnU-Net's topology is kept when the budget trains it for at least this many optimizer steps
+#: (4 of nnU-Net's 250-iteration epochs); below, the compact network's extra steps are worth more than depth
+MIN_SEG_STEPS = 1000
+#: the compact segmentation network: stages (4 poolings, as the U-Net of Ronneberger et al. 2015 and MONAI's
+#: BasicUNet) and the widest stage's channels
+COMPACT_STAGES, COMPACT_CAP = 5, 128
+#: 2D segmentation: at most this many labelled objects per image (median) is an anatomical layout (two lungs,
+#: one heart), which mirroring would break; more is a texture of objects (cells)
+ANATOMY_OBJECTS = 4
+#: classification: images whose median side is at most this many pixels are tiny patches (IDC's 50 px); when
+#: ResNet-18 cannot train MIN_EPOCHS at their own size, the planner takes LeNet at that size instead of shrinking
+TINY_SIDE = 64
 #: candidate classification input sizes (pixels per side), from the largest
 SIZES = (512, 384, 320, 256, 224, 192, 160, 128, 112, 96, 64, 48, 32)
 
@@ -197,7 +209,75 @@ def _seg_spatial(fp: Dict, device: str, why: Dict) -> Tuple[List[int], Optional[
     return patch, spacing, pre + crop
 
 
-def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
+def _seg_augment(fp: Dict, dim: int, kind: str, why: Dict) -> List[Dict]:
+    """Spatial and intensity augmentation of a segmentation plan (module docstring: anatomy vs texture)."""
+    keys = ["image", "label"]
+    objects = [o.get("objects_per_case_median", 0) for o in (fp.get("objects") or {}).values()]
+    per_case = sum(objects)
+    intensity = [{"name": "RandScaleIntensityd", "keys": ["image"], "factors": 0.25, "prob": 0.15},
+                 {"name": "RandShiftIntensityd", "keys": ["image"], "offsets": 0.1, "prob": 0.15}]
+    if dim == 2 and kind != "rgb" and 0 < per_case <= ANATOMY_OBJECTS:
+        why["transforms.train.augment"] = (
+            f"{per_case:g} labelled object(s) per image (median): an anatomical layout (left and right, up and down "
+            "are anatomy, as in a chest radiograph), so no mirroring; rotations +-10 degrees, scaling 0.9-1.1, "
+            "shifts of 4 % and small intensity changes (medpipe's rule; nnU-Net mirrors every axis)")
+        shift = [max(1, int(round(0.04 * s))) for s in fp["shape"]["median"]]
+        return [{"name": "RandAffined", "keys": keys, "prob": 0.5, "rotate_range": 0.17, "scale_range": [0.1, 0.1],
+                 "translate_range": shift, "mode": ["bilinear", "nearest"], "padding_mode": ["border", "zeros"]},
+                *intensity]
+    aug = [{"name": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": a} for a in range(dim)]
+    if dim == 2 and per_case > ANATOMY_OBJECTS:
+        aug.append({"name": "RandRotate90d", "keys": keys, "prob": 0.5, "max_k": 3})
+        why["transforms.train.augment"] = (
+            f"{per_case:g} labelled objects per image (median): a texture of objects (cells, nuclei) with no "
+            "orientation: mirroring along both axes (nnU-Net), 90-degree rotations and small intensity changes")
+        return aug + intensity
+    why["transforms.train.augment"] = ("mirroring along every axis and small intensity changes (nnU-Net's default "
+                                       "mirroring; brightness 0.75-1.25 at p 0.15)")
+    return aug + intensity
+
+
+def _include_background(fp: Dict, why: Dict) -> bool:
+    """nnU-Net leaves label 0 out of the Dice term; medpipe keeps it when label 0 is the minority of the voxels
+    (EM membranes, 22 % of the pixels against 78 % cell interior, are what the task is about)."""
+    fg = fp.get("foreground_fraction")
+    if fg is not None and fg > 0.5:
+        why["loss.include_background"] = (
+            f"label 0 covers only {1 - fg:.0%} of the voxels: it is a structure, not a background, so the Dice term "
+            "includes it (medpipe's rule; nnU-Net always leaves label 0 out)")
+        return True
+    why["loss.include_background"] = (f"label 0 is the background ({1 - (fg or 0):.0%} of the voxels): nnU-Net's Dice "
+                                      "term leaves it out (do_bg=False); CE covers it")
+    return False
+
+
+def _seg_network(patch: Sequence[int], spacing, dim: int, device: str, compact: bool, why: Dict) -> Dict:
+    """DynUNet topology: nnU-Net's (every pooling the patch allows, widths doubling to 320 / 512), or the compact
+    candidate (at most :data:`COMPACT_STAGES` stages, widths to :data:`COMPACT_CAP`) that the planner takes when
+    nnU-Net's cannot train :data:`MIN_SEG_STEPS` optimizer steps in the budget."""
+    from medpipe.nets.dynunet import nnunet_topology
+
+    kernels, strides, _ = nnunet_topology(patch, spacing)
+    base, cap = (16 if device == "cpu" else 32), (320 if dim == 3 else 512)
+    if compact and len(strides) > COMPACT_STAGES:
+        kernels, strides, cap = kernels[:COMPACT_STAGES], strides[:COMPACT_STAGES], COMPACT_CAP
+    elif compact:
+        cap = COMPACT_CAP
+    filters = [min(cap, base * 2 ** i) for i in range(len(strides))]
+    if compact:
+        why["net.filters"] = (f"the compact network: {len(strides)} stages, widths {base} doubling to {cap} "
+                              f"(the original U-Net's 4 poolings); chosen because nnU-Net's topology trains fewer "
+                              f"than {MIN_SEG_STEPS} optimizer steps in this budget on this device")
+        why["net.kernel_size"] = "nnU-Net's kernels of the first stages"
+        why["net.strides"] = "nnU-Net's strides of the first stages"
+        return {"filters": filters, "kernel_size": kernels, "strides": strides}
+    why["net.filters"] = (f"{len(strides)} stages for the patch; widths {base} doubling per stage, capped at {cap} "
+                          "(nnU-Net" + (", halved on a CPU: 2.6x faster per 3D batch, docs/hippocampus_3d.md)"
+                                        if device == "cpu" else ")"))
+    return {"filters": filters}
+
+
+def _segmentation(fp: Dict, layout, device: str, why: Dict, compact: bool = False) -> Dict:
     dim = fp["dimensionality"]
     kind = _channel_kind(fp)
     keys = ["image", "label"]
@@ -207,20 +287,10 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
     patch, spacing, spatial = _seg_spatial(fp, device, why)
     resample = [t for t in spatial if t["name"] == "Spacingd"]
     crop = [t for t in spatial if t["name"] != "Spacingd"]
-    aug = [{"name": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": a} for a in range(dim)]
-    aug += [{"name": "RandScaleIntensityd", "keys": ["image"], "factors": 0.25, "prob": 0.15},
-            {"name": "RandShiftIntensityd", "keys": ["image"], "offsets": 0.1, "prob": 0.15}]
-    why["transforms.train.augment"] = ("mirroring along every axis and small intensity changes (nnU-Net's default "
-                                       "mirroring; brightness 0.75-1.25 at p 0.15)")
+    aug = _seg_augment(fp, dim, kind, why)
     num_classes = len(fp["label_values"])
-    from medpipe.nets.dynunet import nnunet_topology
-
-    kernels, strides, _ = nnunet_topology(patch, spacing)
-    base, cap = (16 if device == "cpu" else 32), (320 if dim == 3 else 512)
-    filters = [min(cap, base * 2 ** i) for i in range(len(strides))]
-    why["net.filters"] = (f"{len(strides)} stages for the patch; widths {base} doubling per stage, capped at {cap} "
-                          "(nnU-Net" + (", halved on a CPU: 2.6x faster per 3D batch, docs/hippocampus_3d.md)"
-                                        if device == "cpu" else ")"))
+    topology = _seg_network(patch, spacing, dim, device, compact, why)
+    include_bg = _include_background(fp, why)
     in_ch = 3 if kind in ("rgb", "rgba") else 1
     names = (layout.label_names or [])
     class_names = [n.lower().replace(" ", "_") for n in names] if len(names) == num_classes else None
@@ -230,7 +300,7 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
         "net.in_channels": f"{in_ch} channel(s): {kind} images",
         "net.out_channels": f"label values {fp['label_values']}: background + {num_classes - 1} class(es)",
         "net.deep_supervision": "a loss on every decoder stage but the lowest, weights halving (nnU-Net)",
-        "loss.name": "Dice + cross-entropy without the background in the Dice term (nnU-Net)",
+        "loss.name": "Dice + cross-entropy (nnU-Net)",
         "optimizer.name": "AdamW, lr 3e-3: an adaptive step for a schedule of tens of epochs (nnU-Net's SGD 0.01 "
                           "with momentum 0.99 is tuned for 1000)",
         "scheduler.name": "cosine annealing to zero over the run (nnU-Net: poly decay, a similar shape)",
@@ -244,7 +314,6 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
         "net.deep_supr_num": "heads below the main output",
         "net.norm_name": "instance norm with a learned scale and shift (nnU-Net)",
         "net.res_block": "plain convolution blocks (nnU-Net's default U-Net)",
-        "loss.include_background": "nnU-Net's Dice term leaves the background out (do_bg=False); CE covers it",
         "optimizer.weight_decay": "nnU-Net's weight decay",
         "scheduler.warmup_epochs": "one epoch from 0.1x against early instability of Adam",
         "metrics.key_metric": "the best checkpoint is the one with the best mean validation Dice",
@@ -253,9 +322,10 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
         "transforms": {"train": load + resample + norm + lmap + crop + aug, "val": load + resample + norm + lmap},
         "net": {"name": "dyn_unet", "spatial_dims": dim, "in_channels": in_ch, "out_channels": num_classes,
                 "patch_size": patch, **({"spacing": [round(s, 4) for s in spacing]} if spacing else {}),
-                "filters": filters, "deep_supervision": True, "deep_supr_num": max(1, min(2, len(strides) - 2)),
+                **topology, "deep_supervision": True,
+                "deep_supr_num": max(1, min(2, len(topology["filters"]) - 2)),
                 "norm_name": ["instance", {"affine": True}], "res_block": False},
-        "loss": {"name": "dice_ce", "include_background": False},
+        "loss": {"name": "dice_ce", "include_background": include_bg},
         "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 3.0e-5},
         "scheduler": {"name": "cosine", "warmup_epochs": 1},
         "metrics": {**({"class_names": class_names} if class_names else {}), "names": metric_names,
@@ -267,7 +337,7 @@ def _segmentation(fp: Dict, layout, device: str, why: Dict) -> Dict:
     }
 
 
-def _classification(fp: Dict, layout, device: str, size: int, why: Dict) -> Dict:
+def _classification(fp: Dict, layout, device: str, size: int, why: Dict, small_net: bool = False) -> Dict:
     dim = fp["dimensionality"]
     kind = _channel_kind(fp)
     load = _load(dim, kind, ["image"])
@@ -300,7 +370,16 @@ def _classification(fp: Dict, layout, device: str, size: int, why: Dict) -> Dict
         metrics["threshold"] = "youden"
         why["metrics.threshold"] = "binary: operating point by Youden's J on validation, applied to test"
     why["metrics.key_metric"] = "threshold-free ranking (" + ("ROC AUC" if binary else "macro one-vs-rest AUC") + ")"
+    in_ch = 3 if kind in ("rgb", "rgba") else 1
+    net: Dict = {"name": "resnet18", "spatial_dims": dim, "in_channels": in_ch, "num_classes": len(counts)}
     why["net.name"] = "MONAI ResNet-18: strong ImageNet-scale baseline, cheap at small input sizes"
+    if small_net:
+        net = {"name": "lenet", "in_channels": in_ch, "num_classes": len(counts), "input_size": size, "padding": 2}
+        why["net.name"] = (f"images of {size} px or less: ResNet-18 trains fewer than {MIN_EPOCHS} epochs at their own "
+                           f"size in this budget, and downscaling them loses what little there is; LeNet (LeCun "
+                           "1998; the seed's patch classifier) trains many more")
+        why["net.input_size"] = "the planned input size"
+        why["net.padding"] = "'same' 5x5 convolutions"
     why["net.num_classes"] = ", ".join(f"{k} {v}" for k, v in counts.items()) + " cases"
     why["loss.name"] = "cross-entropy"
     why["optimizer.name"] = "AdamW lr 1e-3 with cosine annealing and one warm-up epoch"
@@ -310,8 +389,7 @@ def _classification(fp: Dict, layout, device: str, size: int, why: Dict) -> Dict
     why["metrics.names"] = "threshold-free AUC and the threshold metrics reviewers ask for"
     return {
         "transforms": {"train": load + resize + norm + aug, "val": load + resize + norm},
-        "net": {"name": "resnet18", "spatial_dims": dim, "in_channels": 3 if kind in ("rgb", "rgba") else 1,
-                "num_classes": len(counts)},
+        "net": net,
         "loss": loss,
         "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 1.0e-4},
         "scheduler": {"name": "cosine", "warmup_epochs": 1},
@@ -319,8 +397,8 @@ def _classification(fp: Dict, layout, device: str, size: int, why: Dict) -> Dict
     }
 
 
-def plan_sections(fp: Dict, layout, device: str = "cpu", name: Optional[str] = None, size: Optional[int] = None
-                  ) -> Tuple[Dict, Dict[str, str]]:
+def plan_sections(fp: Dict, layout, device: str = "cpu", name: Optional[str] = None, size: Optional[int] = None,
+                  compact: bool = False, small_net: bool = False) -> Tuple[Dict, Dict[str, str]]:
     """The pipeline for ``fp`` except the budgeted values (epochs, batch, validation interval).
 
     Args:
@@ -329,6 +407,8 @@ def plan_sections(fp: Dict, layout, device: str = "cpu", name: Optional[str] = N
         device: ``"cpu"`` or ``"cuda"``, the device the run will train on.
         name: the pipeline's name (default: the data folder's name).
         size: classification input side in pixels (default: the largest of :func:`size_candidates`).
+        compact: segmentation: the compact network instead of nnU-Net's topology (:func:`_seg_network`).
+        small_net: classification: LeNet instead of ResNet-18 (tiny images, :data:`TINY_SIDE`).
 
     Returns:
         ``(config dict, why)``: the pipeline as plain data with ``train.max_epochs`` 1 and the device's default
@@ -342,14 +422,14 @@ def plan_sections(fp: Dict, layout, device: str = "cpu", name: Optional[str] = N
     why.setdefault("data.cache", f"the decoded float32 data is about {est_bytes / 1e6:.0f} MB: "
                    + ("loaded and normalised once, kept in memory" if est_bytes < 4e9 else "too large to cache"))
     if fp["task"] == "segmentation":
-        body = _segmentation(fp, layout, device, why)
+        body = _segmentation(fp, layout, device, why, compact)
         batch = (2 if dim == 3 else 8) if device == "cpu" else (2 if dim == 3 else 12)
         why["train.batch_size"] = (f"{batch} per step: " + ("nnU-Net's 3D batch" if dim == 3 else
                                    "2D patches are small") + (", more optimizer steps per CPU second"
                                                               if device == "cpu" else ""))
     else:
         size = size or size_candidates(fp["shape"]["median"])[0]
-        body = _classification(fp, layout, device, size, why)
+        body = _classification(fp, layout, device, size, why, small_net)
         batch = 16 if size >= 256 else 32
         why["train.batch_size"] = f"{batch} images of {size} px per step"
     if layout.metrics:
