@@ -400,10 +400,10 @@ def _fake_timing(step_s):
 
 def test_segmentation_network_follows_the_budget(em_folders, monkeypatch):
     """nnU-Net's 7-stage 2D topology is kept when the budget trains it for MIN_SEG_STEPS optimizer steps; below, the
-    timed compact network (5 stages, widths to 128) is taken because it trains more steps. The timing is replaced
+    timed compact network (5 stages, BasicUNet's widths 16-16-32-64-128) is taken because it trains more steps. The timing is replaced
     (no network runs): nnU-Net's 1.0 s per step, the compact one 0.25 s, 10 steps per epoch."""
     import medpipe.plan.planner as planner_mod
-    from medpipe.plan.rules import COMPACT_CAP, MIN_SEG_STEPS
+    from medpipe.plan.rules import MIN_SEG_STEPS
 
     monkeypatch.setattr(planner_mod, "measure", _fake_timing(lambda cfg: 0.25 if cfg.net.strides else 1.0))
     p = plan(em_folders, budget_s=30 + 1.3 * MIN_SEG_STEPS)  # nnU-Net's topology: >= MIN_SEG_STEPS
@@ -412,7 +412,7 @@ def test_segmentation_network_follows_the_budget(em_folders, monkeypatch):
     p = plan(em_folders, budget_s=30 + 330)  # nnU-Net's: about 300 steps; the compact network 4x as many
     full, compact = [t["optimizer_steps"] for t in p.tried]
     assert full < MIN_SEG_STEPS and 3.5 * full <= compact <= 4 * full
-    assert p.config.net.filters == [16, 32, 64, 128, COMPACT_CAP] and len(p.config.net.strides) == 5
+    assert p.config.net.filters == [16, 16, 32, 64, 128] and len(p.config.net.strides) == 5
     assert p.config.train.max_epochs * 10 == compact and f"{full} steps, this one {compact}" in p.yaml
 
 

@@ -25,7 +25,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 __all__ = ["Timing", "measure", "samples_per_case", "epochs_for_budget", "BudgetError", "START_S", "MAX_VALIDATIONS"]
 

@@ -143,13 +143,13 @@ def _plan_segmentation(fp, layout, device, name, train, val, test, budget_s, n_s
     cfg, why = plan_sections(fp, layout, device, name)
     try:
         timing = _budgeted(cfg, why, train, val, test, budget_s, n_steps, net)
-        steps = cfg["train"]["max_epochs"] * timing.steps_per_epoch
-    except BudgetError:
-        timing, steps = None, 0
+        steps, error = cfg["train"]["max_epochs"] * timing.steps_per_epoch, None
+    except BudgetError as e:
+        timing, steps, error = None, 0, e
     tried = [{"network": "nnU-Net topology", "optimizer_steps": steps}]
-    if steps >= MIN_SEG_STEPS or net is not None:
-        if timing is None:
-            raise BudgetError(f"the budget of {budget_s:.0f} s fits no epoch")
+    if steps >= MIN_SEG_STEPS or net is not None:  # a given net (tests) is timed as it is
+        if error is not None:
+            raise error
         return cfg, why, timing, tried
     cfg2, why2 = plan_sections(fp, layout, device, name, compact=True)
     try:
@@ -215,7 +215,6 @@ def plan(source, task: Optional[str] = None, budget_s: float = 900.0, device: st
                           for b in fp["bad_files"][:3])
         raise DataError(f"{len(fp['bad_files'])} of the {fp['num_read'] + len(fp['bad_files'])} files read for the "
                         f"fingerprint cannot be read ({shown}); repair or remove them, then plan again")
-    tried: List[Dict] = []
     if layout.task == "classification":
         cfg, why, timing, tried = _plan_classification(fp, layout, device, name, train, val, test, budget_s,
                                                        n_steps, net)

@@ -17,7 +17,14 @@ Sources of the rules:
   of warm-up) because a CPU budget allows tens of epochs, not nnU-Net's 1000; classification: a MONAI ResNet-18,
   the input size the largest the budget trains for at least :data:`MIN_EPOCHS` epochs (chosen by
   :mod:`medpipe.plan.budget`), balanced class weights when the largest class is more than 1.5x the smallest,
-  grouped splits from a patient column, a Youden threshold for binary tasks.
+  grouped splits from a patient column, a Youden threshold for binary tasks; tiny images (median side <=
+  :data:`TINY_SIDE`) get LeNet at their own size when ResNet-18 cannot train :data:`MIN_EPOCHS` there.
+  Segmentation on a budget: nnU-Net's topology is kept when the budget trains it for :data:`MIN_SEG_STEPS`
+  optimizer steps, else a compact 5-stage candidate (BasicUNet's widths) is timed and taken when it trains more steps
+  (``docs/plan.md``: EM and lungs); label 0 stays in the Dice term when it covers less than half of the voxels
+  (EM membranes); 2D label maps with at most :data:`ANATOMY_OBJECTS` objects per image (two lungs) are an
+  anatomical layout that mirroring would break: small affine transforms instead, while many objects (cells) get
+  mirroring and 90-degree rotations.
 
 :func:`plan_sections` returns the pipeline as plain data plus ``why``: dotted key -> reason, written as the YAML
 comments by :mod:`medpipe.plan.yamlout`. Epochs, batch and validation interval come from the budget
@@ -39,11 +46,13 @@ PATCH_VOXELS = {("cpu", 2): 256 * 256, ("cpu", 3): 64 ** 3, ("cuda", 2): 512 * 5
 #: classification: the input size is the largest candidate that trains this many epochs within the budget
 MIN_EPOCHS = 10
 #: segmentation: nnU-Net's topology is kept when the budget trains it for at least this many optimizer steps
-#: (4 of nnU-Net's 250-iteration epochs); below, the compact network's extra steps are worth more than depth
+#: (4 of nnU-Net's 250-iteration epochs); below, a cheaper network's extra steps are worth more than depth
 MIN_SEG_STEPS = 1000
-#: the compact segmentation network: stages (4 poolings, as the U-Net of Ronneberger et al. 2015 and MONAI's
-#: BasicUNet) and the widest stage's channels
-COMPACT_STAGES, COMPACT_CAP = 5, 128
+#: the compact segmentation network: at most this many stages (4 poolings, as the U-Net of Ronneberger et al. 2015
+#: and MONAI's BasicUNet), widths (b, b, 2b, 4b, 8b) as BasicUNet's: the full-resolution stages dominate a CPU step.
+#: Measured by ``benchmarks/bench_unet_step.py`` (32 patches of 256 x 256, forward + backward + AdamW, 2-core CPU):
+#: nnU-Net's 7-stage 16-512 DynUNet 7.7 s, 5 stages 16-32-64-128-128 6.8 s, this 16-16-32-64-128 4.8 s, BasicUNet 4.9 s
+COMPACT_STAGES = 5
 #: 2D segmentation: at most this many labelled objects per image (median) is an anatomical layout (two lungs,
 #: one heart), which mirroring would break; more is a texture of objects (cells)
 ANATOMY_OBJECTS = 4
@@ -253,24 +262,23 @@ def _include_background(fp: Dict, why: Dict) -> bool:
 
 def _seg_network(patch: Sequence[int], spacing, dim: int, device: str, compact: bool, why: Dict) -> Dict:
     """DynUNet topology: nnU-Net's (every pooling the patch allows, widths doubling to 320 / 512), or the compact
-    candidate (at most :data:`COMPACT_STAGES` stages, widths to :data:`COMPACT_CAP`) that the planner takes when
-    nnU-Net's cannot train :data:`MIN_SEG_STEPS` optimizer steps in the budget."""
+    candidate (at most :data:`COMPACT_STAGES` stages, BasicUNet's widths) that the planner takes when nnU-Net's
+    cannot train :data:`MIN_SEG_STEPS` optimizer steps in the budget and the compact one trains more."""
     from medpipe.nets.dynunet import nnunet_topology
 
     kernels, strides, _ = nnunet_topology(patch, spacing)
     base, cap = (16 if device == "cpu" else 32), (320 if dim == 3 else 512)
-    if compact and len(strides) > COMPACT_STAGES:
-        kernels, strides, cap = kernels[:COMPACT_STAGES], strides[:COMPACT_STAGES], COMPACT_CAP
-    elif compact:
-        cap = COMPACT_CAP
-    filters = [min(cap, base * 2 ** i) for i in range(len(strides))]
     if compact:
-        why["net.filters"] = (f"the compact network: {len(strides)} stages, widths {base} doubling to {cap} "
-                              f"(the original U-Net's 4 poolings); chosen because nnU-Net's topology trains fewer "
-                              f"than {MIN_SEG_STEPS} optimizer steps in this budget on this device")
+        kernels, strides = kernels[:COMPACT_STAGES], strides[:COMPACT_STAGES]
+        filters = [base * m for m in (1, 1, 2, 4, 8)][:len(strides)]
+        why["net.filters"] = (f"the compact network: {len(strides)} stages, widths {'-'.join(map(str, filters))} "
+                              "(MONAI BasicUNet's shape: the full-resolution stages dominate a CPU step, measured "
+                              f"1.6x cheaper than nnU-Net's topology on 256 x 256 patches, benchmarks/bench_unet_step.py); chosen because nnU-Net's "
+                              f"topology trains fewer than {MIN_SEG_STEPS} optimizer steps in this budget on this device")
         why["net.kernel_size"] = "nnU-Net's kernels of the first stages"
         why["net.strides"] = "nnU-Net's strides of the first stages"
         return {"filters": filters, "kernel_size": kernels, "strides": strides}
+    filters = [min(cap, base * 2 ** i) for i in range(len(strides))]
     why["net.filters"] = (f"{len(strides)} stages for the patch; widths {base} doubling per stage, capped at {cap} "
                           "(nnU-Net" + (", halved on a CPU: 2.6x faster per 3D batch, docs/hippocampus_3d.md)"
                                         if device == "cpu" else ")"))
