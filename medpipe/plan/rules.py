@@ -272,9 +272,9 @@ def _seg_network(patch: Sequence[int], spacing, dim: int, device: str, compact: 
         kernels, strides = kernels[:COMPACT_STAGES], strides[:COMPACT_STAGES]
         filters = [base * m for m in (1, 1, 2, 4, 8)][:len(strides)]
         why["net.filters"] = (f"the compact network: {len(strides)} stages, widths {'-'.join(map(str, filters))} "
-                              "(MONAI BasicUNet's shape: the full-resolution stages dominate a CPU step, measured "
-                              f"1.6x cheaper than nnU-Net's topology on 256 x 256 patches, benchmarks/bench_unet_step.py); chosen because nnU-Net's "
-                              f"topology trains fewer than {MIN_SEG_STEPS} optimizer steps in this budget on this device")
+                              "(MONAI BasicUNet's shape: the full-resolution stages dominate a CPU step, 1.6x "
+                              "cheaper than nnU-Net's topology on 256 x 256 patches, benchmarks/bench_unet_step.py); "
+                              f"chosen because nnU-Net's topology trains fewer than {MIN_SEG_STEPS} optimizer steps in this budget on this device")
         why["net.kernel_size"] = "nnU-Net's kernels of the first stages"
         why["net.strides"] = "nnU-Net's strides of the first stages"
         return {"filters": filters, "kernel_size": kernels, "strides": strides}
