@@ -383,9 +383,9 @@ def _classification(fp: Dict, layout, device: str, size: int, why: Dict, small_n
     why["net.name"] = "MONAI ResNet-18: strong ImageNet-scale baseline, cheap at small input sizes"
     if small_net:
         net = {"name": "lenet", "in_channels": in_ch, "num_classes": len(counts), "input_size": size, "padding": 2}
-        why["net.name"] = (f"images of {size} px or less: ResNet-18 trains fewer than {MIN_EPOCHS} epochs at their own "
-                           f"size in this budget, and downscaling them loses what little there is; LeNet (LeCun "
-                           "1998; the seed's patch classifier) trains many more")
+        why["net.name"] = (f"tiny images (median side {min(med):g} px <= {TINY_SIDE}): ResNet-18 trains fewer than "
+                           f"{MIN_EPOCHS} epochs at {size} px in this budget, and downscaling them loses what little "
+                           "there is; LeNet (LeCun 1998; the seed's patch classifier) trains many more")
         why["net.input_size"] = "the planned input size"
         why["net.padding"] = "'same' 5x5 convolutions"
     why["net.num_classes"] = ", ".join(f"{k} {v}" for k, v in counts.items()) + " cases"
