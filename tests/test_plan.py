@@ -452,3 +452,25 @@ def test_augmentation_and_dice_background_follow_the_labels():
     assert lungs["loss"]["include_background"] is False and "anatomical" in why["transforms.train.augment"]
     vol, _ = plan_sections(fp(3, 0.05, 2.0), layout)
     assert names(vol).count("RandFlipd") == 3 and "RandAffined" not in names(vol)
+
+
+def test_whole_slide_sized_files_are_named_not_decoded(em_folders, datasets, monkeypatch):
+    """A 2D file whose header gives more than MAX_PIXELS pixels is listed, with the way out, and never decoded; the
+    plan stops naming it. A real whole-slide file (CMU-1-Small-Region.svs, 2220 x 2967) with the limit lowered to
+    1 Mpx (the EM images have 0.26 Mpx) stands in for a gigapixel slide."""
+    import medpipe.plan.fingerprint as fingerprint_mod
+    from medpipe.data.cases import DataError
+    from medpipe.data.imagefile import read_image as real_read
+
+    monkeypatch.setattr(fingerprint_mod, "MAX_PIXELS", 1_000_000)
+    slide = em_folders / "train" / "image" / "0.png"
+    slide.unlink()
+    os.symlink(datasets / "wsi_samples" / "CMU-1-Small-Region.svs", slide)
+    decoded = []
+    monkeypatch.setattr("medpipe.data.imagefile.read_image", lambda p, *a: decoded.append(p) or real_read(p, *a))
+    fp = _fingerprint(em_folders)
+    assert [b["file"] for b in fp["bad_files"]] == [str(slide)] and fp["num_read"] == 3
+    assert "2220x2967 pixels" in fp["bad_files"][0]["error"] and "medpipe.data.patches" in fp["bad_files"][0]["error"]
+    assert str(slide) not in decoded and len(decoded) == 6  # 3 images + 3 labels
+    with pytest.raises(DataError, match=r"0.png: 2220x2967 pixels"):
+        plan(em_folders)

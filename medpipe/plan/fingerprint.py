@@ -18,11 +18,32 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["compute_fingerprint", "FOREGROUND_SAMPLES"]
+__all__ = ["compute_fingerprint", "FOREGROUND_SAMPLES", "MAX_PIXELS"]
 
 #: foreground intensities sampled per case (nnU-Net v2 spreads 10^7 samples over the cases; here a fixed number per
 #: read case, the statistics being medians and percentiles of their union)
 FOREGROUND_SAMPLES = 10_000
+#: a 2D file with more pixels than this (from its header) is not decoded: a whole-slide image belongs to
+#: ``python -m medpipe.data.patches`` first (50 Mpx: about 7000 x 7000, 150 MB as RGB uint8, 600 MB as float32)
+MAX_PIXELS = 50_000_000
+
+
+def _whole_slide_sized(path: str) -> Optional[str]:
+    """The reason to skip ``path`` when its header gives more than :data:`MAX_PIXELS` pixels, else ``None``
+    (Pillow opens lazily: only the header is read; files Pillow cannot open are left to the full read)."""
+    if os.path.isdir(path):
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # not a Pillow format (NIfTI, DICOM, ...) or unreadable: the full read reports it
+        return None
+    if w * h <= MAX_PIXELS:
+        return None
+    return (f"{w}x{h} pixels ({w * h / 1e6:.0f} Mpx, more than {MAX_PIXELS / 1e6:.0f}): whole-slide sized, not decoded; "
+            "cut it into patches with `python -m medpipe.data.patches` and plan from the patch list")
 
 
 def _spacing(img) -> Optional[List[float]]:
@@ -170,8 +191,8 @@ def compute_fingerprint(cases: Sequence[dict], task: str, class_names: Optional[
         classification: mean, std, min, max, percentiles 0.5 / 50 / 99.5), segmentation ``label_values``,
         ``label_fraction``, ``foreground_fraction``, ``objects``; classification ``class_counts``,
         ``imbalance`` (largest / smallest class), ``groups``; ``splits`` (counts of predefined splits) and
-        ``bad_files`` (``{"file", "error"}``: unreadable, truncated, or holding NaN / infinite values; never raised,
-        left out of the statistics).
+        ``bad_files`` (``{"file", "error"}``: unreadable, truncated, holding NaN / infinite values, or 2D files
+        over :data:`MAX_PIXELS` from their header (not decoded); never raised, left out of the statistics).
 
     Raises:
         ValueError: no case could be read (the first errors are in the message).
@@ -184,6 +205,10 @@ def compute_fingerprint(cases: Sequence[dict], task: str, class_names: Optional[
     total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
     records, bad = [], []
     for c in _sample(cases, max_cases, seed):
+        huge = _whole_slide_sized(c["image"])
+        if huge:
+            bad.append({"file": c["image"], "error": huge})
+            continue
         try:
             img = read_image(c["image"])
             lab = read_image(c["label"]) if task == "segmentation" and isinstance(c.get("label"), str) else None
