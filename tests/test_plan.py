@@ -400,8 +400,8 @@ def _fake_timing(step_s):
 
 def test_segmentation_network_follows_the_budget(em_folders, monkeypatch):
     """nnU-Net's 7-stage 2D topology is kept when the budget trains it for MIN_SEG_STEPS optimizer steps; below, the
-    timed compact network (5 stages, BasicUNet's widths 16-16-32-64-128) is taken because it trains more steps. The timing is replaced
-    (no network runs): nnU-Net's 1.0 s per step, the compact one 0.25 s, 10 steps per epoch."""
+    timed compact network (5 stages, BasicUNet's widths 16-16-32-64-128) is taken because it trains more steps. The
+    timing is replaced (no network runs): nnU-Net's 1.0 s per step, the compact one 0.25 s, 10 steps per epoch."""
     import medpipe.plan.planner as planner_mod
     from medpipe.plan.rules import MIN_SEG_STEPS
 
@@ -474,3 +474,7 @@ def test_whole_slide_sized_files_are_named_not_decoded(em_folders, datasets, mon
     assert str(slide) not in decoded and len(decoded) == 6  # 3 images + 3 labels
     with pytest.raises(DataError, match=r"0.png: 2220x2967 pixels"):
         plan(em_folders)
+    # a file beyond Pillow's decompression-bomb limit is refused when opened: reported the same way, not raised
+    monkeypatch.setattr("PIL.Image.MAX_IMAGE_PIXELS", 1_000_000)
+    fp = _fingerprint(em_folders)
+    assert [b["file"] for b in fp["bad_files"]] == [str(slide)] and "whole-slide sized (" in fp["bad_files"][0]["error"]

@@ -33,17 +33,20 @@ def _whole_slide_sized(path: str) -> Optional[str]:
     (Pillow opens lazily: only the header is read; files Pillow cannot open are left to the full read)."""
     if os.path.isdir(path):
         return None
-    try:
-        from PIL import Image
+    from PIL import Image
 
+    try:
         with Image.open(path) as im:
             w, h = im.size
+    except Image.DecompressionBombError as exc:  # over 2x Pillow's MAX_IMAGE_PIXELS (179 Mpx): refused at open
+        return (f"whole-slide sized ({exc}), not decoded; cut it into patches with `python -m medpipe.data.patches` "
+                "and plan from the patch list")
     except Exception:  # not a Pillow format (NIfTI, DICOM, ...) or unreadable: the full read reports it
         return None
     if w * h <= MAX_PIXELS:
         return None
-    return (f"{w}x{h} pixels ({w * h / 1e6:.0f} Mpx, more than {MAX_PIXELS / 1e6:.0f}): whole-slide sized, not decoded; "
-            "cut it into patches with `python -m medpipe.data.patches` and plan from the patch list")
+    return (f"{w}x{h} pixels ({w * h / 1e6:.0f} Mpx, more than {MAX_PIXELS / 1e6:.0f}): whole-slide sized, "
+            "not decoded; cut it into patches with `python -m medpipe.data.patches` and plan from the patch list")
 
 
 def _spacing(img) -> Optional[List[float]]:

@@ -274,7 +274,8 @@ def _seg_network(patch: Sequence[int], spacing, dim: int, device: str, compact: 
         why["net.filters"] = (f"the compact network: {len(strides)} stages, widths {'-'.join(map(str, filters))} "
                               "(MONAI BasicUNet's shape: the full-resolution stages dominate a CPU step, 1.6x "
                               "cheaper than nnU-Net's topology on 256 x 256 patches, benchmarks/bench_unet_step.py); "
-                              f"chosen because nnU-Net's topology trains fewer than {MIN_SEG_STEPS} optimizer steps in this budget on this device")
+                              f"chosen because nnU-Net's topology trains fewer than {MIN_SEG_STEPS} optimizer steps "
+                              "in this budget on this device")
         why["net.kernel_size"] = "nnU-Net's kernels of the first stages"
         why["net.strides"] = "nnU-Net's strides of the first stages"
         return {"filters": filters, "kernel_size": kernels, "strides": strides}
