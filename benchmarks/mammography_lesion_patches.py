@@ -193,19 +193,28 @@ def hard_negatives(net, idx, refs, padded, masks, finds, args):
     return np.concatenate(out)
 
 
+#: how a film's window probabilities become its scores: mean of the top 2 % windows (the reported one), the single
+#: most lesion-like window, and the top 2 % minus the film's median window (a lesion stands out of its own film)
+POOLINGS = ("top2", "max", "relative")
+
+
 def film_scores(net, idx, padded, masks, args):
-    """``(len(idx), 3)`` film scores (normal, benign, malignant) from the top 2 % of the breast windows."""
-    out = []
+    """``{pooling: (len(idx), 3)}`` film scores (normal, benign, malignant) for each of :data:`POOLINGS`."""
+    out = {p: [] for p in POOLINGS}
     for i in idx:
         patches, _ = _windows(i, padded, masks, args)
         if patches is None:
-            out.append([1.0, 0.0, 0.0])
+            for p in POOLINGS:
+                out[p].append([1.0, 0.0, 0.0])
             continue
         prob = _predict(net, patches)
+        lesion = np.stack([1 - prob[:, 0], prob[:, 1], prob[:, 2]], 1)  # (windows, 3): "not tissue", B, M
         k = max(1, len(prob) // 50)
-        top = lambda v: float(np.sort(v)[-k:].mean())  # noqa: E731
-        out.append([1 - top(1 - prob[:, 0]), top(prob[:, 1]), top(prob[:, 2])])
-    return np.array(out)
+        top = np.sort(lesion, 0)[-k:].mean(0)
+        pooled = {"top2": top, "max": lesion.max(0), "relative": top - np.median(lesion, 0)}
+        for p, v in pooled.items():
+            out[p].append([1 - v[0], v[1], v[2]])
+    return {p: np.array(v) for p, v in out.items()}
 
 
 def held_out_patch_auc(net, idx, refs, padded, masks, finds, args, rng) -> float:
@@ -254,7 +263,7 @@ def main(argv=None) -> dict:
     woman = np.array([(int(r[3:]) - 1) // 2 for r in refs])  # Info.txt: films come in pairs, right (odd) / left
     partner = np.array([refs.index(f"mdb{(int(r[3:]) + (1 if int(r[3:]) % 2 else -1)):03d}") for r in refs])
     rng = np.random.default_rng(0)
-    scores = np.full((len(refs), 3), np.nan)
+    pooled = {p: np.full((len(refs), 3), np.nan) for p in POOLINGS}
     folds = []
     cv = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=0)
     for fold, (tr, va) in enumerate(cv.split(np.zeros(len(y)), y, woman)):
@@ -264,7 +273,9 @@ def main(argv=None) -> dict:
             xh = hard_negatives(net, tr, refs, padded, masks, finds, args)
             x, yp = np.concatenate([x, xh]), np.concatenate([yp, np.zeros(len(xh), dtype=yp.dtype)])
             net = train_fold(x, yp, args, seed=100 + fold, net=net.train(), epochs=args.hard_epochs)
-        scores[va] = film_scores(net, va, padded, masks, args)
+        for p, v in film_scores(net, va, padded, masks, args).items():
+            pooled[p][va] = v
+        scores = pooled["top2"]
         patch_auc = held_out_patch_auc(net, va, refs, padded, masks, finds, args, rng)
         folds.append({"fold": fold, "n_train_films": len(tr), "n_val_films": len(va), "n_patches": int(len(yp)),
                       "patches_per_class": np.bincount(yp, minlength=3).tolist(),
@@ -273,21 +284,24 @@ def main(argv=None) -> dict:
         print(f"fold {fold}: {len(yp)} patches, validation macro AUC {folds[-1]['val_macro_auc']:.3f}, "
               f"patch AUC lesion vs tissue {patch_auc:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
-    # bilateral: a film's abnormality scores minus its partner's (both held out by the same fold: grouped split)
-    bilateral = scores - scores[partner]
     from sklearn.metrics import roc_auc_score
 
     result = {"args": vars(args), "n_films": len(refs), "seconds": round(time.time() - t0, 1),
-              "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "folds": folds}
-    for name, s in (("single_film", scores), ("bilateral", bilateral)):
-        boot, brng = [], np.random.default_rng(0)
-        for _ in range(1000):
-            b = brng.integers(len(y), size=len(y))
-            boot.append(macro_auc(y[b], s[b]))
-        result[name] = {"cv_macro_auc": macro_auc(y, s),
-                        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-                        "auc_per_class": {c: float(roc_auc_score(y == k, s[:, k])) for k, c in enumerate(CLASSES)}}
-        print(name, json.dumps(result[name]), flush=True)
+              "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "folds": folds, "pooling": {}}
+    for pool, scores in pooled.items():
+        # bilateral: a film's scores minus its partner's (both held out by the same fold: grouped split)
+        for name, s in (("single_film", scores), ("bilateral", scores - scores[partner])):
+            boot, brng = [], np.random.default_rng(0)
+            for _ in range(1000):
+                b = brng.integers(len(y), size=len(y))
+                boot.append(macro_auc(y[b], s[b]))
+            entry = {"cv_macro_auc": macro_auc(y, s),
+                     "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                     "auc_per_class": {c: float(roc_auc_score(y == k, s[:, k])) for k, c in enumerate(CLASSES)}}
+            result["pooling"].setdefault(pool, {})[name] = entry
+            if pool == "top2":
+                result[name] = entry
+            print(pool, name, json.dumps(entry), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     return result
