@@ -1,4 +1,4 @@
-"""mini-MIAS: a lesion-centred patch classifier scored over the whole film, against the whole-film CNN.
+"""mini-MIAS: a lesion-centred patch classifier pooled over each film (issue 14's mammography recipe).
 
 A results script (issue 14: "the mammography pipeline learns"), not a test and not part of medpipe. The shipped
 ``pipelines/mammography.yaml`` (ResNet-18 on the whole film at 200 px) and its planned variant stay at chance
@@ -27,9 +27,10 @@ Protocol: stratified 5-fold cross-validation of all 322 films grouped by woman (
 ``StratifiedGroupKFold``, seed 0; mini-MIAS films come in pairs, right (odd number) and left (even) of one woman,
 ``Info.txt``), so both films of a woman are held out together. Reported: the cross-validated macro AUC (every film
 scored by the fold model that did not train on it or its partner) with a bootstrap 95 % interval over films (1000
-resamples), per class, for two film scores:
+resamples), per class, for two film scores, under each pooling of :data:`POOLINGS` (``pooling`` in the JSON; the
+top-level ``single_film`` / ``bilateral`` are the top-2 % pooling's):
 
-* ``single_film``: the film's own top-2 % scores;
+* ``single_film``: the film's own scores;
 * ``bilateral``: the film's scores minus its partner film's (the left-right comparison a radiologist makes: a
   lesion is in one breast, while dense tissue that fools the patch classifier is in both). It uses the partner's
   image, never its label.
