@@ -225,9 +225,8 @@ def held_out_patch_auc(net, idx, refs, padded, masks, finds, args, rng) -> float
     from sklearn.metrics import roc_auc_score
 
     x, yp = sample_patches(idx, refs, padded, masks, finds, args, rng)
-    with torch.no_grad():
-        prob = torch.cat([torch.softmax(net(torch.from_numpy(x[j:j + 256])), 1) for j in range(0, len(x), 256)])
-    return float(roc_auc_score(yp > 0, 1 - prob[:, 0].numpy()))
+    prob = _predict(net, torch.from_numpy(x))
+    return float(roc_auc_score(yp > 0, 1 - prob[:, 0]))
 
 
 def macro_auc(y, scores) -> float:

@@ -26,6 +26,7 @@ FOREGROUND_SAMPLES = 10_000
 #: a 2D file with more pixels than this (from its header) is not decoded: a whole-slide image belongs to
 #: ``python -m medpipe.data.patches`` first (50 Mpx: about 7000 x 7000, 150 MB as RGB uint8, 600 MB as float32)
 MAX_PIXELS = 50_000_000
+_SLIDE_HINT = "not decoded; cut it into patches with `python -m medpipe.data.patches` and plan from the patch list"
 
 
 def _whole_slide_sized(path: str) -> Optional[str]:
@@ -39,14 +40,12 @@ def _whole_slide_sized(path: str) -> Optional[str]:
         with Image.open(path) as im:
             w, h = im.size
     except Image.DecompressionBombError as exc:  # over 2x Pillow's MAX_IMAGE_PIXELS (179 Mpx): refused at open
-        return (f"whole-slide sized ({exc}), not decoded; cut it into patches with `python -m medpipe.data.patches` "
-                "and plan from the patch list")
+        return f"whole-slide sized ({exc}), {_SLIDE_HINT}"
     except Exception:  # not a Pillow format (NIfTI, DICOM, ...) or unreadable: the full read reports it
         return None
     if w * h <= MAX_PIXELS:
         return None
-    return (f"{w}x{h} pixels ({w * h / 1e6:.0f} Mpx, more than {MAX_PIXELS / 1e6:.0f}): whole-slide sized, "
-            "not decoded; cut it into patches with `python -m medpipe.data.patches` and plan from the patch list")
+    return f"{w}x{h} pixels ({w * h / 1e6:.0f} Mpx, more than {MAX_PIXELS / 1e6:.0f}): whole-slide sized, {_SLIDE_HINT}"
 
 
 def _spacing(img) -> Optional[List[float]]:
